@@ -1,0 +1,184 @@
+"""Exercises for Chapter 1: scaled dot-product attention, masks, multi-head attention.
+
+Fill in each body that raises NotImplementedError; the docstrings say what to return. Grade with
+`llm-course grade 1`. Mirrors `reference/attention.py`.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Softmax along `dim`, computed stably as exp(x - max) / sum(exp(x - max)).
+
+    Softmax does not change when a constant is subtracted from every entry of a slice, so we
+    subtract the slice's maximum: every exponent is then <= 0 and exp cannot overflow, however
+    large the scores. A slice that is -inf everywhere (a query allowed to see no key) gives
+    zeros instead of NaN.
+
+    Args:
+        x: floating-point scores of any shape.
+        dim: the dimension to normalise over.
+
+    Returns:
+        Probabilities of the same shape as `x`, summing to 1 along `dim` (0 for an all -inf slice).
+    """
+    # Hint: subtract x.amax(dim, keepdim=True) before torch.exp; watch out for rows that are all -inf.
+    raise NotImplementedError("Exercise 1.1: numerically stable softmax")
+
+
+def causal_mask(seq_len_q: int, seq_len_k: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
+    """Boolean mask that lets each query see its own position and earlier ones; (seq_len_q, seq_len_k).
+
+    Queries are aligned with the *end* of the keys, as in decoding with a key/value cache: when
+    `seq_len_k > seq_len_q` the queries are the last `seq_len_q` positions, so query i may attend
+    key j if and only if j <= i + (seq_len_k - seq_len_q). For a square mask this is the lower
+    triangle, `torch.ones(n, n, dtype=torch.bool).tril()`.
+
+    Args:
+        seq_len_q: number of queries (>= 0).
+        seq_len_k: number of keys (>= seq_len_q); defaults to `seq_len_q`.
+        device: where to build the mask.
+
+    Returns:
+        Boolean tensor of shape (seq_len_q, seq_len_k), True where attending is allowed.
+    """
+    # Hint: compare torch.arange over keys with torch.arange over queries shifted by seq_len_k - seq_len_q.
+    raise NotImplementedError("Exercise 1.2: causal mask")
+
+
+def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
+    """Boolean key-padding mask from sequence lengths; (batch,) -> (batch, 1, 1, max_len).
+
+    Sequences are padded on the right: in row b, keys 0 .. lengths[b] - 1 are real tokens (True)
+    and the rest are padding (False). The two singleton dimensions broadcast over heads and
+    queries, so the mask can be combined with a causal mask by `&`.
+
+    Args:
+        lengths: 1-D integer tensor of lengths, each in [0, max_len].
+        max_len: padded length; defaults to `lengths.max()`.
+
+    Returns:
+        Boolean tensor of shape (batch, 1, 1, max_len).
+    """
+    # Hint: torch.arange(max_len) < lengths[:, None], then add the two singleton dimensions.
+    raise NotImplementedError("Exercise 1.3: padding mask")
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """Attention probabilities softmax(q k^T * scale + mask) (Vaswani et al., eq. 1).
+
+    Args:
+        q: queries, (..., seq_q, d_k); leading dimensions, e.g. (batch, heads), broadcast with k's.
+        k: keys, (..., seq_k, d_k).
+        mask: boolean (True = may attend) or additive float mask, broadcastable to (..., seq_q, seq_k).
+        scale: multiplier of the scores; defaults to 1 / sqrt(d_k).
+
+    Returns:
+        Weights of shape (..., seq_q, seq_k); each row sums to 1 (0 for a fully masked row).
+    """
+    # Hint: q @ k.transpose(-2, -1), scale, masked_fill(~mask, -inf) or + mask, then your softmax.
+    raise NotImplementedError("Exercise 1.4: attention weights")
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None
+) -> Tensor:
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (Vaswani et al., 2017, eq. 1).
+
+    Args:
+        q: queries, (..., seq_q, d_k), e.g. (batch, heads, seq_q, head_dim).
+        k: keys, (..., seq_k, d_k).
+        v: values, (..., seq_k, d_v).
+        mask: boolean (True = may attend) or additive float mask, broadcastable to (..., seq_q, seq_k).
+        scale: multiplier of the scores; defaults to 1 / sqrt(d_k).
+
+    Returns:
+        Output of shape (..., seq_q, d_v). A query whose keys are all masked gets zeros.
+    """
+    # Hint: your attention_weights, then a matrix product with v.
+    raise NotImplementedError("Exercise 1.5: scaled dot-product attention")
+
+
+def repeat_kv(x: Tensor, num_repeats: int) -> Tensor:
+    """Share each key/value head with a group of query heads; (..., kv_heads, seq, d) -> (..., kv_heads * num_repeats, seq, d).
+
+    Head h of the result is key/value head h // num_repeats, the grouping of grouped-query
+    attention (Ainslie et al., 2023) and of Hugging Face's `repeat_kv`.
+
+    Args:
+        x: keys or values, (..., kv_heads, seq, head_dim), at least 3 dimensions.
+        num_repeats: query heads per key/value head (>= 1).
+
+    Returns:
+        Tensor of shape (..., kv_heads * num_repeats, seq, head_dim).
+    """
+    # Hint: einops.repeat(x, "... h s d -> ... (h r) s d", r=num_repeats).
+    raise NotImplementedError("Exercise 1.6: repeat key/value heads (GQA)")
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; grouped-query (GQA) and multi-query (MQA) attention are special cases.
+
+    `num_kv_heads` key/value heads are shared by `num_heads` query heads: equal numbers give
+    multi-head attention (Vaswani et al., 2017), one gives multi-query attention (Shazeer, 2019),
+    anything that divides `num_heads` gives grouped-query attention (Ainslie et al., 2023).
+    Self-attention when `context` is None, cross-attention (queries from `x`, keys and values from
+    `context`) otherwise.
+
+    Parameters (`nn.Linear` layout, weight of shape (out_features, in_features)), with
+    head_dim = d_model // num_heads:
+      - separate projections (default): `q_proj` (num_heads * head_dim, d_model),
+        `k_proj` (num_kv_heads * head_dim, kdim), `v_proj` (num_kv_heads * head_dim, vdim);
+      - `fused_qkv=True`: one `qkv_proj` ((num_heads + 2 * num_kv_heads) * head_dim, d_model)
+        whose rows are the q, k and v projections stacked in that order (PyTorch's `in_proj_weight`);
+      - `out_proj` (d_model, num_heads * head_dim).
+
+    Args:
+        d_model: width of the queries' input and of the output.
+        num_heads: number of query heads; must divide `d_model`.
+        num_kv_heads: number of key/value heads; must divide `num_heads`; defaults to `num_heads`.
+        fused_qkv: one fused projection instead of three (needs kdim == vdim == d_model).
+        bias: whether the projections have biases.
+        kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
+        vdim: width of the values' input; defaults to `d_model`.
+        device: where to create the parameters.
+        dtype: parameters' dtype.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        *,
+        fused_qkv: bool = False,
+        bias: bool = True,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        # Hint: call super().__init__() first, validate, then create the nn.Linear layers named above.
+        raise NotImplementedError("Exercise 1.7: multi-head attention module")
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Attend from `x` to itself (self-attention) or to `context` (cross-attention).
+
+        Args:
+            x: queries' input, (batch, seq_q, d_model).
+            context: keys' and values' input, (batch, seq_k, kdim); None means `x`.
+            mask: boolean (True = may attend) or additive float mask, broadcastable to
+                (batch, num_heads, seq_q, seq_k), e.g. a causal mask (seq_q, seq_k) or a padding
+                mask (batch, 1, 1, seq_k).
+
+        Returns:
+            Output of shape (batch, seq_q, d_model).
+        """
+        # Hint: project, rearrange "b s (h d) -> b h s d", repeat_kv, attend, merge heads, out_proj.
+        raise NotImplementedError("Exercise 1.7: multi-head attention module")
+

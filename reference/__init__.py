@@ -1,0 +1,8 @@
+"""Understanding LLMs: the course's reference implementations.
+
+One module (or subpackage) per idea, in the order of the course's chapters; see `README.md` for
+the chapter table. Submodules are imported on demand, e.g. `from reference.attention import
+scaled_dot_product_attention`.
+"""
+
+__version__ = "0.1.0"

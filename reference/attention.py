@@ -1,0 +1,276 @@
+"""Scaled dot-product attention, its masks, and multi-head / grouped-query attention.
+
+Survey section 1.2(a), "Self-Attention Mechanism". Vaswani et al., 2017, "Attention Is All You
+Need", eq. 1 and section 3.2.2 (multi-head); Shazeer, 2019, "Fast Transformer Decoding: One
+Write-Head is All You Need" (multi-query); Ainslie et al., 2023, "GQA" (grouped-query).
+
+Mask convention, the same as `torch.nn.functional.scaled_dot_product_attention`: a boolean mask
+is True where a query *may* attend to a key; a floating-point mask is *added* to the scores
+(0 keeps a key, -inf removes it). Masks broadcast against the scores, shape (..., seq_q, seq_k).
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """Softmax along `dim`, computed stably as exp(x - max) / sum(exp(x - max)).
+
+    Softmax does not change when a constant is subtracted from every entry of a slice, so we
+    subtract the slice's maximum: every exponent is then <= 0 and exp cannot overflow, however
+    large the scores. A slice that is -inf everywhere (a query allowed to see no key) gives
+    zeros instead of NaN.
+
+    Args:
+        x: floating-point scores of any shape.
+        dim: the dimension to normalise over.
+
+    Returns:
+        Probabilities of the same shape as `x`, summing to 1 along `dim` (0 for an all -inf slice).
+    """
+    if not x.is_floating_point():
+        raise TypeError(f"softmax needs a floating-point tensor, got dtype {x.dtype}")
+    x_max = x.amax(dim=dim, keepdim=True).detach()  # the shift does not change the result
+    x_max = torch.where(torch.isneginf(x_max), torch.zeros_like(x_max), x_max)
+    exp = torch.exp(x - x_max)
+    total = exp.sum(dim=dim, keepdim=True)
+    return exp / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def causal_mask(seq_len_q: int, seq_len_k: int | None = None, *, device: torch.device | str | None = None) -> Tensor:
+    """Boolean mask that lets each query see its own position and earlier ones; (seq_len_q, seq_len_k).
+
+    Queries are aligned with the *end* of the keys, as in decoding with a key/value cache: when
+    `seq_len_k > seq_len_q` the queries are the last `seq_len_q` positions, so query i may attend
+    key j if and only if j <= i + (seq_len_k - seq_len_q). For a square mask this is the lower
+    triangle, `torch.ones(n, n, dtype=torch.bool).tril()`.
+
+    Args:
+        seq_len_q: number of queries (>= 0).
+        seq_len_k: number of keys (>= seq_len_q); defaults to `seq_len_q`.
+        device: where to build the mask.
+
+    Returns:
+        Boolean tensor of shape (seq_len_q, seq_len_k), True where attending is allowed.
+    """
+    seq_len_k = seq_len_q if seq_len_k is None else seq_len_k
+    for name, value in (("seq_len_q", seq_len_q), ("seq_len_k", seq_len_k)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    if seq_len_k < seq_len_q:
+        raise ValueError(f"seq_len_k ({seq_len_k}) must be >= seq_len_q ({seq_len_q}): queries are the last positions")
+    query_pos = torch.arange(seq_len_q, device=device)[:, None] + (seq_len_k - seq_len_q)  # (seq_q, 1)
+    key_pos = torch.arange(seq_len_k, device=device)[None, :]  # (1, seq_k)
+    return key_pos <= query_pos
+
+
+def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
+    """Boolean key-padding mask from sequence lengths; (batch,) -> (batch, 1, 1, max_len).
+
+    Sequences are padded on the right: in row b, keys 0 .. lengths[b] - 1 are real tokens (True)
+    and the rest are padding (False). The two singleton dimensions broadcast over heads and
+    queries, so the mask can be combined with a causal mask by `&`.
+
+    Args:
+        lengths: 1-D integer tensor of lengths, each in [0, max_len].
+        max_len: padded length; defaults to `lengths.max()`.
+
+    Returns:
+        Boolean tensor of shape (batch, 1, 1, max_len).
+    """
+    if lengths.dim() != 1:
+        raise ValueError(f"lengths must be 1-D (batch,), got shape {tuple(lengths.shape)}")
+    if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
+        raise ValueError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    if max_len is None:
+        max_len = int(lengths.max()) if lengths.numel() else 0
+    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
+        raise ValueError(f"lengths must lie in [0, max_len={max_len}], got {lengths.tolist()}")
+    positions = torch.arange(max_len, device=lengths.device)
+    keep = positions[None, :] < lengths[:, None]  # (batch, max_len)
+    return rearrange(keep, "b k -> b 1 1 k")
+
+
+def _broadcast_shape(what: str, *shapes: torch.Size) -> torch.Size:
+    try:
+        return torch.broadcast_shapes(*shapes)
+    except RuntimeError:
+        raise ValueError(f"{what}: shapes {[tuple(s) for s in shapes]} do not broadcast") from None
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: float | None = None) -> Tensor:
+    """Attention probabilities softmax(q k^T * scale + mask) (Vaswani et al., eq. 1).
+
+    Args:
+        q: queries, (..., seq_q, d_k); leading dimensions, e.g. (batch, heads), broadcast with k's.
+        k: keys, (..., seq_k, d_k).
+        mask: boolean (True = may attend) or additive float mask, broadcastable to (..., seq_q, seq_k).
+        scale: multiplier of the scores; defaults to 1 / sqrt(d_k).
+
+    Returns:
+        Weights of shape (..., seq_q, seq_k); each row sums to 1 (0 for a fully masked row).
+    """
+    if q.dim() < 2 or k.dim() < 2:
+        raise ValueError(f"q and k need at least 2 dimensions (seq, d_k), got {tuple(q.shape)} and {tuple(k.shape)}")
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q and k must share the last (d_k) dimension, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    batch = _broadcast_shape("q and k leading dimensions", q.shape[:-2], k.shape[:-2])
+    score_shape = torch.Size((*batch, q.shape[-2], k.shape[-2]))
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (..., seq_q, seq_k)
+    if mask is not None:
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            raise ValueError(f"mask must be boolean or floating point, got dtype {mask.dtype}")
+        if _broadcast_shape("mask and scores", mask.shape, score_shape) != score_shape:
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {tuple(score_shape)}")
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.to(scores.dtype)
+    return softmax(scores, dim=-1)
+
+
+def scaled_dot_product_attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None
+) -> Tensor:
+    """Attention(Q, K, V) = softmax(Q K^T / sqrt(d_k)) V (Vaswani et al., 2017, eq. 1).
+
+    Args:
+        q: queries, (..., seq_q, d_k), e.g. (batch, heads, seq_q, head_dim).
+        k: keys, (..., seq_k, d_k).
+        v: values, (..., seq_k, d_v).
+        mask: boolean (True = may attend) or additive float mask, broadcastable to (..., seq_q, seq_k).
+        scale: multiplier of the scores; defaults to 1 / sqrt(d_k).
+
+    Returns:
+        Output of shape (..., seq_q, d_v). A query whose keys are all masked gets zeros.
+    """
+    if v.dim() < 2 or v.shape[-2] != k.shape[-2]:
+        raise ValueError(f"k and v must hold the same number of keys (dim -2), got k {tuple(k.shape)} and v {tuple(v.shape)}")
+    _broadcast_shape("k and v leading dimensions", k.shape[:-2], v.shape[:-2])
+    return attention_weights(q, k, mask, scale) @ v  # (..., seq_q, seq_k) @ (..., seq_k, d_v)
+
+
+def repeat_kv(x: Tensor, num_repeats: int) -> Tensor:
+    """Share each key/value head with a group of query heads; (..., kv_heads, seq, d) -> (..., kv_heads * num_repeats, seq, d).
+
+    Head h of the result is key/value head h // num_repeats, the grouping of grouped-query
+    attention (Ainslie et al., 2023) and of Hugging Face's `repeat_kv`.
+
+    Args:
+        x: keys or values, (..., kv_heads, seq, head_dim), at least 3 dimensions.
+        num_repeats: query heads per key/value head (>= 1).
+
+    Returns:
+        Tensor of shape (..., kv_heads * num_repeats, seq, head_dim).
+    """
+    if x.dim() < 3:
+        raise ValueError(f"x must be (..., kv_heads, seq, head_dim), got shape {tuple(x.shape)}")
+    if not isinstance(num_repeats, int) or num_repeats < 1:
+        raise ValueError(f"num_repeats must be a positive int, got {num_repeats!r}")
+    return repeat(x, "... h s d -> ... (h r) s d", r=num_repeats)
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention; grouped-query (GQA) and multi-query (MQA) attention are special cases.
+
+    `num_kv_heads` key/value heads are shared by `num_heads` query heads: equal numbers give
+    multi-head attention (Vaswani et al., 2017), one gives multi-query attention (Shazeer, 2019),
+    anything that divides `num_heads` gives grouped-query attention (Ainslie et al., 2023).
+    Self-attention when `context` is None, cross-attention (queries from `x`, keys and values from
+    `context`) otherwise.
+
+    Parameters (`nn.Linear` layout, weight of shape (out_features, in_features)), with
+    head_dim = d_model // num_heads:
+      - separate projections (default): `q_proj` (num_heads * head_dim, d_model),
+        `k_proj` (num_kv_heads * head_dim, kdim), `v_proj` (num_kv_heads * head_dim, vdim);
+      - `fused_qkv=True`: one `qkv_proj` ((num_heads + 2 * num_kv_heads) * head_dim, d_model)
+        whose rows are the q, k and v projections stacked in that order (PyTorch's `in_proj_weight`);
+      - `out_proj` (d_model, num_heads * head_dim).
+
+    Args:
+        d_model: width of the queries' input and of the output.
+        num_heads: number of query heads; must divide `d_model`.
+        num_kv_heads: number of key/value heads; must divide `num_heads`; defaults to `num_heads`.
+        fused_qkv: one fused projection instead of three (needs kdim == vdim == d_model).
+        bias: whether the projections have biases.
+        kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
+        vdim: width of the values' input; defaults to `d_model`.
+        device: where to create the parameters.
+        dtype: parameters' dtype.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        num_heads: int,
+        num_kv_heads: int | None = None,
+        *,
+        fused_qkv: bool = False,
+        bias: bool = True,
+        kdim: int | None = None,
+        vdim: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        kdim = d_model if kdim is None else kdim
+        vdim = d_model if vdim is None else vdim
+        if d_model <= 0 or num_heads <= 0 or num_kv_heads <= 0:
+            raise ValueError(f"d_model, num_heads and num_kv_heads must be positive, got {d_model}, {num_heads}, {num_kv_heads}")
+        if d_model % num_heads:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
+        if fused_qkv and not kdim == vdim == d_model:
+            raise ValueError(f"fused_qkv needs kdim == vdim == d_model, got kdim={kdim}, vdim={vdim}, d_model={d_model}")
+        self.d_model, self.num_heads, self.num_kv_heads = d_model, num_heads, num_kv_heads
+        self.head_dim = d_model // num_heads
+        self.fused_qkv = fused_qkv
+        factory = {"device": device, "dtype": dtype}
+        q_out, kv_out = num_heads * self.head_dim, num_kv_heads * self.head_dim
+        if fused_qkv:
+            self.qkv_proj = nn.Linear(d_model, q_out + 2 * kv_out, bias=bias, **factory)
+        else:
+            self.q_proj = nn.Linear(d_model, q_out, bias=bias, **factory)
+            self.k_proj = nn.Linear(kdim, kv_out, bias=bias, **factory)
+            self.v_proj = nn.Linear(vdim, kv_out, bias=bias, **factory)
+        self.out_proj = nn.Linear(q_out, d_model, bias=bias, **factory)
+
+    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+        """Attend from `x` to itself (self-attention) or to `context` (cross-attention).
+
+        Args:
+            x: queries' input, (batch, seq_q, d_model).
+            context: keys' and values' input, (batch, seq_k, kdim); None means `x`.
+            mask: boolean (True = may attend) or additive float mask, broadcastable to
+                (batch, num_heads, seq_q, seq_k), e.g. a causal mask (seq_q, seq_k) or a padding
+                mask (batch, 1, 1, seq_k).
+
+        Returns:
+            Output of shape (batch, seq_q, d_model).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (batch, seq, d_model={self.d_model}), got shape {tuple(x.shape)}")
+        source = x if context is None else context
+        if source.dim() != 3 or source.shape[0] != x.shape[0]:
+            raise ValueError(f"context must be (batch={x.shape[0]}, seq_k, features), got shape {tuple(source.shape)}")
+        q_out = self.num_heads * self.head_dim
+        if self.fused_qkv:
+            w, b = self.qkv_proj.weight, self.qkv_proj.bias
+            q = F.linear(x, w[:q_out], None if b is None else b[:q_out])
+            k, v = F.linear(source, w[q_out:], None if b is None else b[q_out:]).chunk(2, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
+        q = rearrange(q, "b s (h d) -> b h s d", h=self.num_heads)  # (batch, heads, seq_q, head_dim)
+        k = rearrange(k, "b s (h d) -> b h s d", h=self.num_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
+        v = rearrange(v, "b s (h d) -> b h s d", h=self.num_kv_heads)
+        group = self.num_heads // self.num_kv_heads
+        k, v = repeat_kv(k, group), repeat_kv(v, group)  # (batch, heads, seq_k, head_dim)
+        out = scaled_dot_product_attention(q, k, v, mask)  # (batch, heads, seq_q, head_dim)
+        return self.out_proj(rearrange(out, "b h s d -> b s (h d)"))

@@ -1,0 +1,87 @@
+"""The course's chapters and exercises, in order: the single source for `llm-course list`,
+the autograder, the README's chapter table and the tests that keep them in step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """One exercise: a function or class of `reference.<module>` that a learner writes in `exercises.<module>`."""
+
+    id: str  # "1.3": chapter number and position in the chapter
+    title: str
+    module: str  # module path below the package, e.g. "attention" or "models.llama"
+    qualname: str  # "causal_mask" or "MultiHeadAttention"
+
+    @property
+    def chapter(self) -> int:
+        return int(self.id.split(".")[0])
+
+
+@dataclass(frozen=True)
+class Chapter:
+    """One chapter: its notebook, the reference modules it teaches, its exercises and their tests."""
+
+    number: int
+    slug: str
+    title: str
+    survey_section: str
+    modules: tuple[str, ...] = ()
+    exercises: tuple[Exercise, ...] = ()
+    tests: tuple[str, ...] = ()  # test files, relative to the repository root
+
+    @property
+    def notebook(self) -> str:
+        return f"chapters/{self.number:02d}_{self.slug}.ipynb"
+
+
+CHAPTERS: tuple[Chapter, ...] = (
+    Chapter(
+        number=0,
+        slug="getting_started",
+        title="Getting started",
+        survey_section="I (article overview)",
+    ),
+    Chapter(
+        number=1,
+        slug="attention",
+        title="Self-attention and multi-head attention",
+        survey_section="1.2(a) Self-Attention Mechanism",
+        modules=("attention",),
+        exercises=(
+            Exercise("1.1", "numerically stable softmax", "attention", "softmax"),
+            Exercise("1.2", "causal mask", "attention", "causal_mask"),
+            Exercise("1.3", "padding mask", "attention", "padding_mask"),
+            Exercise("1.4", "attention weights", "attention", "attention_weights"),
+            Exercise("1.5", "scaled dot-product attention", "attention", "scaled_dot_product_attention"),
+            Exercise("1.6", "repeat key/value heads (GQA)", "attention", "repeat_kv"),
+            Exercise("1.7", "multi-head attention module", "attention", "MultiHeadAttention"),
+        ),
+        tests=("tests/test_attention.py",),
+    ),
+)
+
+def chapter(key: str | int) -> Chapter:
+    """The chapter named by its number (1, "1", "01") or short name ("attention")."""
+    text = str(key).strip().lower()
+    for ch in CHAPTERS:
+        if text.isdigit() and int(text) == ch.number or text in (ch.slug, ch.slug.replace("_", "-")):
+            return ch
+    known = ", ".join(f"{c.number} ({c.slug})" for c in CHAPTERS)
+    raise ValueError(f"no chapter {key!r}; the chapters are {known}")
+
+
+def exercise(exercise_id: str) -> Exercise:
+    """The exercise with this id, e.g. "1.3"."""
+    for ch in CHAPTERS:
+        for ex in ch.exercises:
+            if ex.id == exercise_id:
+                return ex
+    raise ValueError(f"no exercise {exercise_id!r}")
+
+
+def test_files() -> dict[str, Chapter]:
+    """Every chapter test file, mapped to its chapter."""
+    return {path: ch for ch in CHAPTERS for path in ch.tests}

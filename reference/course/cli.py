@@ -1,0 +1,86 @@
+"""`llm-course`: the course's command line. Thin: it parses arguments, calls the package, prints.
+
+    llm-course list                                   chapters, exercises and their points
+    llm-course grade [CHAPTER ...] [--impl exercises|reference] [--json PATH] [--timeout SECONDS]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from reference.course import catalog, grader
+
+
+def _chapters(keys: list[str], parser: argparse.ArgumentParser) -> list[catalog.Chapter]:
+    try:
+        chosen = [catalog.chapter(key) for key in keys] if keys else list(catalog.CHAPTERS)
+    except ValueError as error:
+        parser.error(str(error))
+    return list(dict.fromkeys(chosen))
+
+
+def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    chapters = _chapters(args.chapters, parser)
+    results: list[grader.TestResult] = []
+    files = [path for ch in chapters for path in ch.tests]
+    if files:
+        with tempfile.TemporaryDirectory(prefix="llm-course-list-") as tmp:
+            results, errors = grader.run_tests(
+                files, "reference", grader.course_root(), Path(tmp), timeout=60, collect_only=True
+            )
+        for error in errors:
+            print(f"error: {error}", file=sys.stderr)
+    points = grader.points_by_exercise(results)
+    for ch in chapters:
+        print(f"Chapter {ch.number:2d}  {ch.title}  [{ch.slug}]  survey {ch.survey_section}  {ch.notebook}")
+        for ex in ch.exercises:
+            pts = points.get(ex.id, (0, 0, ""))[1]
+            print(f"    {ex.id:<5} {ex.title:<40} {pts:>3} points   exercises/{ex.module.replace('.', '/')}.py: {ex.qualname}")
+        if ch.exercises:
+            print(f"    {'':<5} {'total':<40} {sum(points.get(e.id, (0, 0, ''))[1] for e in ch.exercises):>3} points")
+    return 0
+
+
+def cmd_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    chapters = _chapters(args.chapters, parser)
+    if args.timeout <= 0:
+        parser.error(f"--timeout must be positive, got {args.timeout}")
+    try:
+        report = grader.grade(chapters, args.impl, timeout=args.timeout, exercises_path=args.exercises_path)
+    except Exception as error:  # the grader's own failure still leaves a valid results file
+        report = grader.GradeReport(args.impl, chapters, errors=[f"the grader could not run: {error}"])
+    print(grader.format_table(report))
+    grader.write_json_atomically(grader.gradescope_results(report), args.json)
+    print(f"results written to {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="llm-course", description="Understanding LLMs: the course's command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    listing = sub.add_parser("list", help="show chapters, exercises and points")
+    listing.add_argument("chapters", nargs="*", metavar="CHAPTER", help="number (1, 01) or short name (attention)")
+    listing.set_defaults(run=cmd_list)
+    grading = sub.add_parser("grade", help="grade exercises and write Gradescope's results.json")
+    grading.add_argument("chapters", nargs="*", metavar="CHAPTER", help="number (1, 01) or short name; none: all")
+    grading.add_argument("--impl", choices=grader.IMPLEMENTATIONS, default="exercises", help="what to grade (default: exercises)")
+    grading.add_argument("--json", default="results.json", metavar="PATH", help="where to write results (default: results.json)")
+    grading.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="time limit of each test (default: 60)")
+    grading.add_argument(
+        "--exercises-path", default=None, metavar="DIR", help="grade the `exercises` package in DIR (e.g. a submission)"
+    )
+    grading.set_defaults(run=cmd_grade)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return args.run(args, parser)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
