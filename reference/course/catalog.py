@@ -85,3 +85,17 @@ def exercise(exercise_id: str) -> Exercise:
 def test_files() -> dict[str, Chapter]:
     """Every chapter test file, mapped to its chapter."""
     return {path: ch for ch in CHAPTERS for path in ch.tests}
+
+
+def markdown_table() -> str:
+    """The README's chapter table, made from this catalog (`llm-course list --markdown` prints it)."""
+    rows = [
+        "| # | chapter | survey section | notebook | reference | exercises |",
+        "|---|---|---|---|---|---|",
+    ]
+    for ch in CHAPTERS:
+        modules = ", ".join(f"[`reference/{m.replace('.', '/')}.py`](reference/{m.replace('.', '/')}.py)" for m in ch.modules) or "—"
+        exercises = f"{len(ch.exercises)} in [`exercises/`](exercises/)" if ch.exercises else "—"
+        notebook = f"[`{ch.notebook.split('/')[-1]}`]({ch.notebook})"
+        rows.append(f"| {ch.number} | {ch.title} | {ch.survey_section} | {notebook} | {modules} | {exercises} |")
+    return "\n".join(rows)

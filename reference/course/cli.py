@@ -1,6 +1,6 @@
 """`llm-course`: the course's command line. Thin: it parses arguments, calls the package, prints.
 
-    llm-course list                                   chapters, exercises and their points
+    llm-course list [CHAPTER ...] [--markdown]        chapters, exercises and their points
     llm-course grade [CHAPTER ...] [--impl exercises|reference] [--json PATH] [--timeout SECONDS]
 """
 
@@ -23,6 +23,9 @@ def _chapters(keys: list[str], parser: argparse.ArgumentParser) -> list[catalog.
 
 
 def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.markdown:
+        print(catalog.markdown_table())
+        return 0
     chapters = _chapters(args.chapters, parser)
     results: list[grader.TestResult] = []
     files = [path for ch in chapters for path in ch.tests]
@@ -63,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     listing = sub.add_parser("list", help="show chapters, exercises and points")
     listing.add_argument("chapters", nargs="*", metavar="CHAPTER", help="number (1, 01) or short name (attention)")
+    listing.add_argument("--markdown", action="store_true", help="print the README's chapter table instead")
     listing.set_defaults(run=cmd_list)
     grading = sub.add_parser("grade", help="grade exercises and write Gradescope's results.json")
     grading.add_argument("chapters", nargs="*", metavar="CHAPTER", help="number (1, 01) or short name; none: all")

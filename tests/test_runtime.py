@@ -1,0 +1,38 @@
+"""`reference.runtime`: device choice and seeding (course machinery, tested directly)."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from reference.runtime import pick_device, seed_everything
+
+
+def test_pick_device_defaults_to_cuda_when_present(monkeypatch):
+    monkeypatch.delenv("LLM_COURSE_DEVICE", raising=False)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert pick_device().type == expected
+    assert pick_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LLM_COURSE_DEVICE", "cpu")
+    assert pick_device() == torch.device("cpu")
+
+
+def test_pick_device_rejects_bad_requests():
+    with pytest.raises(ValueError, match="not a device"):
+        pick_device("gpu-please")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA"):
+            pick_device("cuda")
+
+
+def test_seed_everything_repeats_every_generator():
+    def draw():
+        g = seed_everything(123)
+        return random.random(), np.random.rand(), torch.rand(1).item(), torch.rand(1, generator=g).item()
+
+    assert draw() == draw()
+    with pytest.raises(ValueError, match="seed"):
+        seed_everything(-1)
