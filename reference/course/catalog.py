@@ -61,6 +61,26 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
         tests=("tests/test_attention.py",),
     ),
+    Chapter(
+        number=7,
+        slug="collectives",
+        title="Collective communication",
+        survey_section="2.4(a) Parallel Training",
+        modules=("distributed.launch", "distributed.p2p", "distributed.collectives", "distributed.cost"),
+        exercises=(
+            Exercise("7.1", "broadcast along a binomial tree", "distributed.collectives", "broadcast"),
+            Exercise("7.2", "reduce along a binomial tree", "distributed.collectives", "reduce"),
+            Exercise("7.3", "naive all-reduce", "distributed.collectives", "all_reduce_naive"),
+            Exercise("7.4", "ring reduce-scatter step", "distributed.collectives", "ring_reduce_scatter"),
+            Exercise("7.5", "ring all-gather step", "distributed.collectives", "ring_all_gather"),
+            Exercise("7.6", "ring all-reduce", "distributed.collectives", "all_reduce_ring"),
+            Exercise("7.7", "recursive-doubling all-reduce", "distributed.collectives", "all_reduce_recursive_doubling"),
+            Exercise("7.8", "reduce-scatter", "distributed.collectives", "reduce_scatter"),
+            Exercise("7.9", "all-gather", "distributed.collectives", "all_gather"),
+            Exercise("7.10", "all-to-all", "distributed.collectives", "all_to_all"),
+        ),
+        tests=("tests/test_collectives.py",),
+    ),
 )
 
 def chapter(key: str | int) -> Chapter:

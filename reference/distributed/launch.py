@@ -164,31 +164,36 @@ class Cluster:
         self._collect("join the group", STARTUP_SECONDS)
 
     def _collect(self, what: str, timeout: float) -> tuple[dict[int, tuple], list[int]]:
-        """Wait for one message from every rank; returns ({rank: message}, ranks still silent)."""
+        """Wait for one message from every rank; returns ({rank: message}, ranks still silent).
+
+        A rank whose process dies first makes this kill the cluster and raise `RankError`. Once a
+        rank reports an error, the others get ERROR_GRACE_SECONDS more to report.
+        """
         messages: dict[int, tuple] = {}
-        waiting = {conn: rank for rank, conn in enumerate(self._conns)}
-        sentinels = {p.sentinel: rank for rank, p in enumerate(self._processes)}
+        waiting = dict(enumerate(self._conns))  # rank -> connection
         deadline = time.monotonic() + timeout
-        while waiting:
-            ready = wait([*waiting, *sentinels], timeout=max(deadline - time.monotonic(), 0))
-            if not ready:
-                break
-            for item in ready:
-                if item in waiting:
-                    rank = waiting.pop(item)
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            watched = {**{conn: rank for rank, conn in waiting.items()}, **{self._processes[rank].sentinel: rank for rank in waiting}}
+            for item in wait(list(watched), timeout=left):
+                rank = watched[item]
+                if rank not in waiting:
+                    continue
+                conn = waiting[rank]
+                if conn.poll():
                     try:
-                        messages[rank] = item.recv()
+                        messages[rank] = conn.recv()
+                        del waiting[rank]
+                        continue
                     except EOFError:
-                        messages[rank] = ("died", None, "")
-                elif sentinels[item] in waiting.values():
-                    rank = sentinels.pop(item)
+                        pass
+                if not self._processes[rank].is_alive() or item is conn:  # it died, or its pipe closed
                     self._processes[rank].join(timeout=1)
                     code = self._processes[rank].exitcode
                     self.close(kill=True)
                     raise RankError(rank, f"the process died (exit code {code}) while trying to {what}")
-            if any(m[0] != "ok" for m in messages.values()) and what != "join the group":
+            if any(m[0] not in ("ok", "ready") for m in messages.values()):
                 deadline = min(deadline, time.monotonic() + ERROR_GRACE_SECONDS)  # the others may be blocked
-        return messages, sorted(waiting.values())
+        return messages, sorted(waiting)
 
     def run(self, fn: Callable[..., Any], *args: Any, timeout: float | None = None, **kwargs: Any) -> list[Any]:
         """Call `fn(*args, **kwargs)` on every rank at once; returns the results in rank order."""
@@ -214,6 +219,7 @@ class Cluster:
             if error is None:
                 raise RankError(failed[0], f"raised an exception that could not be sent back:\n{text}")
             error.add_note(f"(raised on rank {failed[0]} of {self.world_size} while running {name}; its traceback is above)")
+            error.rank = failed[0]  # type: ignore[attr-defined]
             raise error from RemoteTraceback(text)
         return [messages[rank][1] for rank in range(self.world_size)]
 
@@ -254,7 +260,7 @@ class Cluster:
         self.close(kill=exc[0] is not None)
 
     def __del__(self) -> None:
-        if self._processes:
+        if getattr(self, "_processes", None):  # absent when __init__ rejected its arguments
             self.close(kill=True)
 
 

@@ -1,0 +1,1 @@
+"""Exercises of the distributed chapters (7-9): your twins of `reference.distributed` modules."""

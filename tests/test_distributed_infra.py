@@ -1,0 +1,203 @@
+"""The distributed machinery of Chapter 7 that is not an exercise: the launcher, the counted
+point-to-point layer, the cost model, the measurement workers and the torchrun entry point.
+
+Like the grader's tests, these check the course's harness and run the same under both
+implementations. Worker functions live at module level so that spawned processes can import them.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from reference.distributed import cost, measure, p2p
+from reference.distributed.launch import ERROR_GRACE_SECONDS, Cluster, RankError, launch
+
+
+def _rank_and_world(offset: int) -> tuple[int, int, int]:
+    return dist.get_rank(), dist.get_world_size(), offset + torch.get_num_threads()
+
+
+def _raise_on_rank_one() -> None:
+    if dist.get_rank() == 1:
+        raise KeyError("the bad key")
+    t = torch.zeros(1)
+    dist.recv(t, src=1)  # blocks: rank 1 never sends
+
+
+def _hang_on_rank_zero() -> int:
+    if dist.get_rank() == 0:
+        time.sleep(600)
+    return 1
+
+
+def _exit_on_rank_two() -> None:
+    if dist.get_rank() == 2:
+        os._exit(7)
+    time.sleep(600)
+
+
+def _send_then_raise() -> None:
+    if dist.get_rank() == 0:
+        dist.send(torch.tensor([99.0]), dst=1)
+    raise RuntimeError("after a send nobody received")
+
+
+def _receive_one() -> float:
+    if dist.get_rank() == 0:
+        dist.send(torch.tensor([1.0]), dst=1)
+        return 1.0
+    if dist.get_rank() == 1:
+        t = torch.zeros(1)
+        dist.recv(t, src=0)
+        return t.item()
+    return 0.0
+
+
+def _p2p_checks() -> list[str]:
+    errors = []
+    for bad in (lambda: p2p.send(torch.zeros(2), dist.get_rank()), lambda: p2p.send(torch.zeros(3, 2).T, 1 - dist.get_rank())):
+        try:
+            bad()
+        except ValueError as error:
+            errors.append(str(error))
+    with p2p.count_traffic() as outer, p2p.count_traffic(keep_messages=True) as inner:
+        p2p.exchange(torch.arange(5.0), 1 - dist.get_rank(), torch.empty(5), 1 - dist.get_rank())
+    errors.append(f"{outer.bytes_sent} {outer.messages_sent} {inner.log[0][0]} {inner.log[0][1].tolist()}")
+    return errors
+
+
+def _bytes_of_every_algorithm(numel: int) -> dict[str, tuple[int, int]]:
+    return {name: measure.traffic(name, numel) for name in ("naive", "ring", "recursive doubling")}
+
+
+def _no_children_left() -> None:
+    assert multiprocessing.active_children() == []
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cluster3():
+    with Cluster(3, backend="gloo", timeout=20) as cluster:
+        yield cluster
+    _no_children_left()
+
+
+def test_launch_returns_results_by_rank_with_one_thread_each():
+    assert launch(_rank_and_world, 2, 10, backend="gloo") == [(0, 2, 11), (1, 2, 11)]
+    assert launch(_rank_and_world, 1, 0, backend="gloo") == [(0, 1, 1)]
+    _no_children_left()
+
+
+def test_a_raising_rank_stops_all_and_reraises_with_rank_and_traceback(cluster3):
+    start = time.monotonic()
+    with pytest.raises(KeyError, match="the bad key") as info:
+        cluster3.run(_raise_on_rank_one)
+    assert time.monotonic() - start < ERROR_GRACE_SECONDS + 10
+    assert info.value.rank == 1
+    assert any("rank 1 of 3" in note for note in info.value.__notes__)
+    assert "_raise_on_rank_one" in str(info.value.__cause__)  # the remote traceback
+    assert cluster3.run(_rank_and_world, 0)[2][:2] == (2, 3), "the cluster starts afresh"
+
+
+def test_a_hanging_rank_is_killed_at_the_timeout(cluster3):
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"rank\(s\) \[0\]"):
+        cluster3.run(_hang_on_rank_zero, timeout=3)
+    assert time.monotonic() - start < 3 + 10
+    assert [p for p in multiprocessing.active_children() if p.name.startswith("llm-course-rank")] == []
+
+
+def test_a_dying_rank_is_reported(cluster3):
+    with pytest.raises(RankError, match="rank 2: the process died \\(exit code 7\\)"):
+        cluster3.run(_exit_on_rank_two)
+
+
+def test_a_failed_call_leaves_no_message_behind(cluster3):
+    with pytest.raises(RuntimeError, match="after a send"):
+        cluster3.run(_send_then_raise)
+    assert cluster3.run(_receive_one)[1] == 1.0, "the next call must not receive the stale 99"
+
+
+def test_bad_cluster_arguments():
+    with pytest.raises(ValueError, match="world_size"):
+        Cluster(0)
+    with pytest.raises(ValueError, match="timeout"):
+        Cluster(2, timeout=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# p2p, cost model, measurements
+# ----------------------------------------------------------------------------------------------
+
+
+def test_p2p_checks_and_counts():
+    results = launch(_p2p_checks, 2, backend="gloo", timeout=30)
+    for rank, (to_self, non_contiguous, counted) in enumerate(results):
+        assert "another rank" in to_self and "contiguous" in non_contiguous
+        assert counted == f"20 1 {1 - rank} [0.0, 1.0, 2.0, 3.0, 4.0]"
+
+
+@pytest.mark.parametrize("world", [2, 3, 4, 5, 8])
+def test_cost_bytes_formulas_are_exact(world):
+    """The byte formulas, derived independently here for the ring: 2 (n - 1) / n * S when n divides S."""
+    numel = 12 * world
+    total = sum(cost.bytes_sent("all_reduce_ring", numel, world, r) for r in range(world))
+    assert total == world * 2 * (world - 1) * numel * 4 // world
+    assert sum(cost.bytes_sent("broadcast", 10, world, r, root=1) for r in range(world)) == (world - 1) * 40
+    assert sum(cost.bytes_sent("reduce", 10, world, r, root=world - 1) for r in range(world)) == (world - 1) * 40
+    assert cost.chunk_sizes(7, 3) == [3, 2, 2]
+
+
+def test_cost_bytes_match_the_measured_traffic(cluster3):
+    for numel in (0, 7, 12):
+        measured = cluster3.run(_bytes_of_every_algorithm, numel)
+        for name, algorithm in (("naive", "all_reduce_naive"), ("ring", "all_reduce_ring"), ("recursive doubling", "all_reduce_recursive_doubling")):
+            for rank in range(3):
+                assert measured[rank][name][0] == cost.bytes_sent(algorithm, numel, 3, rank), (name, numel, rank)
+
+
+def test_alpha_beta_fit_recovers_the_model():
+    sizes = [2**k for k in range(10, 22, 2)]
+    for algorithm in ("all_reduce_ring", "all_reduce_naive", "all_reduce_recursive_doubling"):
+        times = [cost.predicted_seconds(algorithm, b, 4, alpha=5e-5, beta=2e-9) for b in sizes]
+        alpha, beta = cost.fit_alpha_beta(algorithm, sizes, times, 4)
+        assert math.isclose(alpha, 5e-5, rel_tol=1e-6) and math.isclose(beta, 2e-9, rel_tol=1e-6)
+    latency, volume = cost.latency_and_volume("all_reduce_ring", 1000, 4)
+    assert (latency, volume) == (6, 1500)
+    with pytest.raises(ValueError, match="algorithm"):
+        cost.bytes_sent("all_reduce_magic", 1, 2, 0)
+
+
+def test_measurements_check_every_collective(cluster3):
+    rows = cluster3.run(measure.check_against_torch, (0, 5))[0]
+    assert {name for name, _, _ in rows} >= {"broadcast", "reduce", "all_reduce (ring)", "all_to_all"}
+    assert all(diff < 1e-12 for _, _, diff in rows)
+    trace = cluster3.run(measure.trace_ring_all_reduce)
+    assert [dst for dst, _ in trace[0]] == [1] * 4, "rank 0 always sends to its right neighbour"
+    assert trace[0][1][1] == [2**0 + 2**2], "second step: rank 0 forwards the chunk holding ranks 2 and 0"
+    timings = cluster3.run(measure.time_all_reduce, [16, 256], ("ring", "torch (gloo)"), 1)[0]
+    assert set(timings) == {"ring", "torch (gloo)"} and all(t > 0 for ts in timings.values() for t in ts)
+
+
+def test_the_same_code_runs_under_torchrun():
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "reference.distributed.demo"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "2 ranks, backend gloo" in proc.stdout and "all collectives agree" in proc.stdout
