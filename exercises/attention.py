@@ -138,6 +138,12 @@ class MultiHeadAttention(nn.Module):
         whose rows are the q, k and v projections stacked in that order (PyTorch's `in_proj_weight`);
       - `out_proj` (d_model, num_heads * head_dim).
 
+    Position enters through `positional`, a relative scheme from `reference.positional` (Chapter 2):
+    one with a `rotate(q, k, q_positions, k_positions)` method (RoPE) rotates the heads' queries and
+    keys before the scores; one with a `bias(q_positions, k_positions)` method (T5's bias, ALiBi)
+    adds a (num_heads, seq_q, seq_k) bias to the scores, together with `mask`. Absolute encodings
+    are added to the token embeddings instead, outside attention.
+
     Args:
         d_model: width of the queries' input and of the output.
         num_heads: number of query heads; must divide `d_model`.
@@ -146,6 +152,7 @@ class MultiHeadAttention(nn.Module):
         bias: whether the projections have biases.
         kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
         vdim: width of the values' input; defaults to `d_model`.
+        positional: a relative position scheme (see above), or None.
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -160,13 +167,21 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         kdim: int | None = None,
         vdim: int | None = None,
+        positional: nn.Module | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         # Hint: call super().__init__() first, validate, then create the nn.Linear layers named above.
         raise NotImplementedError("Exercise 1.7: multi-head attention module")
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        context_positions: Tensor | None = None,
+    ) -> Tensor:
         """Attend from `x` to itself (self-attention) or to `context` (cross-attention).
 
         Args:
@@ -175,10 +190,15 @@ class MultiHeadAttention(nn.Module):
             mask: boolean (True = may attend) or additive float mask, broadcastable to
                 (batch, num_heads, seq_q, seq_k), e.g. a causal mask (seq_q, seq_k) or a padding
                 mask (batch, 1, 1, seq_k).
+            positions: integer positions of x's tokens, (seq_q,) or (batch, seq_q), used by the
+                `positional` scheme; defaults to 0 .. seq_q - 1.
+            context_positions: positions of the keys; defaults to `positions` in self-attention and
+                to 0 .. seq_k - 1 in cross-attention.
 
         Returns:
             Output of shape (batch, seq_q, d_model).
         """
-        # Hint: project, rearrange "b s (h d) -> b h s d", repeat_kv, attend, merge heads, out_proj.
+        # Hint: project, rearrange "b s (h d) -> b h s d", apply self.positional if any, repeat_kv,
+        # attend, merge heads, out_proj.
         raise NotImplementedError("Exercise 1.7: multi-head attention module")
 

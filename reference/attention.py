@@ -192,6 +192,12 @@ class MultiHeadAttention(nn.Module):
         whose rows are the q, k and v projections stacked in that order (PyTorch's `in_proj_weight`);
       - `out_proj` (d_model, num_heads * head_dim).
 
+    Position enters through `positional`, a relative scheme from `reference.positional` (Chapter 2):
+    one with a `rotate(q, k, q_positions, k_positions)` method (RoPE) rotates the heads' queries and
+    keys before the scores; one with a `bias(q_positions, k_positions)` method (T5's bias, ALiBi)
+    adds a (num_heads, seq_q, seq_k) bias to the scores, together with `mask`. Absolute encodings
+    are added to the token embeddings instead, outside attention.
+
     Args:
         d_model: width of the queries' input and of the output.
         num_heads: number of query heads; must divide `d_model`.
@@ -200,6 +206,7 @@ class MultiHeadAttention(nn.Module):
         bias: whether the projections have biases.
         kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
         vdim: width of the values' input; defaults to `d_model`.
+        positional: a relative position scheme (see above), or None.
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -214,6 +221,7 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         kdim: int | None = None,
         vdim: int | None = None,
+        positional: nn.Module | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -241,8 +249,18 @@ class MultiHeadAttention(nn.Module):
             self.k_proj = nn.Linear(kdim, kv_out, bias=bias, **factory)
             self.v_proj = nn.Linear(vdim, kv_out, bias=bias, **factory)
         self.out_proj = nn.Linear(q_out, d_model, bias=bias, **factory)
+        if positional is not None and not (hasattr(positional, "rotate") or hasattr(positional, "bias")):
+            raise ValueError(f"positional must have a rotate or a bias method, got {type(positional).__name__}")
+        self.positional = positional
 
-    def forward(self, x: Tensor, context: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor | None = None,
+        mask: Tensor | None = None,
+        positions: Tensor | None = None,
+        context_positions: Tensor | None = None,
+    ) -> Tensor:
         """Attend from `x` to itself (self-attention) or to `context` (cross-attention).
 
         Args:
@@ -251,6 +269,10 @@ class MultiHeadAttention(nn.Module):
             mask: boolean (True = may attend) or additive float mask, broadcastable to
                 (batch, num_heads, seq_q, seq_k), e.g. a causal mask (seq_q, seq_k) or a padding
                 mask (batch, 1, 1, seq_k).
+            positions: integer positions of x's tokens, (seq_q,) or (batch, seq_q), used by the
+                `positional` scheme; defaults to 0 .. seq_q - 1.
+            context_positions: positions of the keys; defaults to `positions` in self-attention and
+                to 0 .. seq_k - 1 in cross-attention.
 
         Returns:
             Output of shape (batch, seq_q, d_model).
@@ -270,6 +292,21 @@ class MultiHeadAttention(nn.Module):
         q = rearrange(q, "b s (h d) -> b h s d", h=self.num_heads)  # (batch, heads, seq_q, head_dim)
         k = rearrange(k, "b s (h d) -> b h s d", h=self.num_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
         v = rearrange(v, "b s (h d) -> b h s d", h=self.num_kv_heads)
+        if self.positional is not None:
+            q_pos = torch.arange(x.shape[1], device=x.device) if positions is None else positions
+            k_pos = context_positions
+            if k_pos is None:
+                k_pos = q_pos if context is None else torch.arange(source.shape[1], device=x.device)
+            if hasattr(self.positional, "rotate"):
+                q, k = self.positional.rotate(q, k, q_pos, k_pos)
+            if hasattr(self.positional, "bias"):
+                bias = self.positional.bias(q_pos, k_pos).to(q.dtype)  # (heads, seq_q, seq_k)
+                if mask is None:
+                    mask = bias
+                elif mask.dtype == torch.bool:
+                    mask = torch.where(mask, bias, float("-inf"))
+                else:
+                    mask = mask + bias
         group = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # (batch, heads, seq_k, head_dim)
         out = scaled_dot_product_attention(q, k, v, mask)  # (batch, heads, seq_q, head_dim)

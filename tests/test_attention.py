@@ -473,3 +473,48 @@ def test_attention_weights_reproduce_a_trained_model(impl):
         mask = batch["attention_mask"].bool()[:, None, None, :]  # (batch, 1, 1, seq)
         ours = impl.attention.attention_weights(q, k, mask)
     torch.testing.assert_close(ours, out.attentions[0], **TOL)
+
+
+class _DoubleQueries(torch.nn.Module):
+    """A `rotate` hook: doubling the queries is the same as doubling the q projection."""
+
+    def rotate(self, q, k, q_positions, k_positions):
+        return 2 * q, k
+
+
+class _FutureAsMinusInfinity(torch.nn.Module):
+    """A `bias` hook that adds -inf to future keys: the same as a causal mask."""
+
+    def bias(self, q_positions, k_positions):
+        future = k_positions[None, :] > q_positions[:, None]  # (seq_q, seq_k)
+        return torch.zeros(2, *future.shape).masked_fill(future, float("-inf"))
+
+
+@pytest.mark.exercise("1.7")
+@pytest.mark.points(1)
+def test_mha_applies_a_rotate_hook_to_queries_and_keys(impl):
+    torch.manual_seed(0)
+    hooked = impl.attention.MultiHeadAttention(16, 2, positional=_DoubleQueries())
+    plain = impl.attention.MultiHeadAttention(16, 2)
+    plain.load_state_dict(hooked.state_dict())
+    with torch.no_grad():
+        plain.q_proj.weight.mul_(2)
+        plain.q_proj.bias.mul_(2)
+    x = _rand(2, 5, 16)
+    torch.testing.assert_close(hooked(x), plain(x), **TOL)
+
+
+@pytest.mark.exercise("1.7")
+@pytest.mark.points(1)
+def test_mha_adds_a_bias_hook_to_the_mask(impl):
+    torch.manual_seed(0)
+    hooked = impl.attention.MultiHeadAttention(16, 2, positional=_FutureAsMinusInfinity())
+    plain = impl.attention.MultiHeadAttention(16, 2)
+    plain.load_state_dict(hooked.state_dict())
+    x = _rand(2, 5, 16)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    torch.testing.assert_close(hooked(x), plain(x, mask=causal), **TOL)
+    padding = (torch.arange(5)[None, :] < torch.tensor([5, 3])[:, None])[:, None, None, :]  # (batch, 1, 1, seq)
+    torch.testing.assert_close(hooked(x, mask=padding), plain(x, mask=causal & padding), **TOL)
+    shifted = torch.arange(10, 15)
+    torch.testing.assert_close(hooked(x, positions=shifted), plain(x, mask=causal), **TOL)

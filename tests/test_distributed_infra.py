@@ -188,6 +188,10 @@ def test_measurements_check_every_collective(cluster3):
     trace = cluster3.run(measure.trace_ring_all_reduce)
     assert [dst for dst, _ in trace[0]] == [1] * 4, "rank 0 always sends to its right neighbour"
     assert trace[0][1][1] == [2**0 + 2**2], "second step: rank 0 forwards the chunk holding ranks 2 and 0"
+    log = cluster3.run(measure.message_log, "broadcast", 10)
+    assert log == [[(1, 40), (2, 40)], [], []], "a binomial tree from rank 0: it sends to 1, then to 2"
+    log = cluster3.run(measure.message_log, "recursive doubling", 1)
+    assert log == [[(1, 4)], [(2, 4), (0, 4)], [(1, 4)]], "3 ranks: 0 folds into 1, 1 and 2 swap, 1 unfolds to 0"
     timings = cluster3.run(measure.time_all_reduce, [16, 256], ("ring", "torch (gloo)"), 1)[0]
     assert set(timings) == {"ring", "torch (gloo)"} and all(t > 0 for ts in timings.values() for t in ts)
 

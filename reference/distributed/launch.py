@@ -161,7 +161,10 @@ class Cluster:
             child.close()
             self._processes.append(process)
             self._conns.append(parent)
-        self._collect("join the group", STARTUP_SECONDS)
+        _, silent = self._collect("join the group", STARTUP_SECONDS)
+        if silent:
+            self.close(kill=True)
+            raise TimeoutError(f"rank(s) {silent} did not join the process group within {STARTUP_SECONDS:g} s")
 
     def _collect(self, what: str, timeout: float) -> tuple[dict[int, tuple], list[int]]:
         """Wait for one message from every rank; returns ({rank: message}, ranks still silent).

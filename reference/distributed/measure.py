@@ -86,6 +86,22 @@ def traffic(algorithm: str, numel: int, dtype: torch.dtype = torch.float32) -> t
     return counted.bytes_sent, counted.messages_sent
 
 
+def message_log(collective: str, numel: int) -> list[tuple[int, int]]:
+    """The messages this rank sends, in order, as (destination rank, bytes), for one call of `collective`.
+
+    `collective` is "broadcast" (from rank 0), "reduce" (to rank 0) or an all-reduce algorithm of
+    `ALL_REDUCE` except torch's; the data are `numel` float32 ones on the rank's device.
+    """
+    x = torch.ones(numel, device=device_for_rank(dist.get_rank(), dist.get_backend()))
+    run = {"broadcast": collectives.broadcast, "reduce": collectives.reduce}.get(collective) or ALL_REDUCE.get(collective)
+    if run is None or run is dist.all_reduce:
+        raise ValueError(f"no logged collective {collective!r}; choose broadcast, reduce, naive, ring or recursive doubling")
+    with count_traffic(keep_messages=True) as counted:
+        run(x)
+    assert counted.log is not None
+    return [(dst, sent.numel() * sent.element_size()) for dst, sent in counted.log]
+
+
 def time_all_reduce(numels: list[int], algorithms: tuple[str, ...] = tuple(ALL_REDUCE), repeats: int = 5) -> dict[str, list[float]]:
     """Median seconds per call of each all-reduce algorithm for each size (float32), slowest rank's view.
 

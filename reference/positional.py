@@ -1,0 +1,330 @@
+"""Positional information for attention: absolute encodings and relative schemes.
+
+Survey section 1.2(a), "Positional Embedding": attention by itself is blind to order, so position
+enters either as a vector added to each token's embedding (absolute: sinusoidal, Vaswani et al.,
+2017, section 3.5; learned, as in BERT and GPT-2) or inside attention, as a function of the
+distance between query and key (relative: the bucketed bias of T5, Raffel et al., 2020; rotary
+embeddings, RoPE, Su et al., 2021; linear biases, ALiBi, Press et al., 2022).
+
+Relative schemes plug into `reference.attention.MultiHeadAttention` through its `positional`
+argument: an object with `rotate(q, k, q_positions, k_positions)` (RoPE) or
+`bias(q_positions, k_positions)` (T5, ALiBi).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+
+def _check_count(name: str, value: int, minimum: int = 0) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Absolute: sinusoidal and learned
+# ----------------------------------------------------------------------------------------------
+
+
+def sinusoidal_encoding(length: int, d_model: int, offset: int = 0, base: float = 10000.0) -> Tensor:
+    """The sinusoidal table PE[pos, 2i] = sin(pos / base^(2i/d)), PE[pos, 2i+1] = cos(pos / base^(2i/d)).
+
+    Vaswani et al., 2017, section 3.5. Dimension pair (2i, 2i+1) turns at angular frequency
+    base^(-2i/d_model), from one radian per token down to 1/base. An odd `d_model` keeps the sine of
+    its last, unpaired frequency.
+
+    Args:
+        length: number of positions (>= 0).
+        d_model: width of the encoding (>= 1).
+        offset: the first position (>= 0), e.g. the number of tokens already in a cache.
+        base: the wavelength scale, 10000 in the paper.
+
+    Returns:
+        float32 tensor of shape (length, d_model) for positions offset .. offset + length - 1.
+    """
+    _check_count("length", length)
+    _check_count("d_model", d_model, 1)
+    _check_count("offset", offset)
+    positions = torch.arange(offset, offset + length, dtype=torch.float64)[:, None]  # (length, 1)
+    two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d_model / 2),)
+    angles = positions / base ** (two_i / d_model)  # (length, ceil(d_model / 2))
+    table = torch.empty(length, d_model, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(angles)
+    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])
+    return table.float()
+
+
+class LearnedPositionalEmbedding(nn.Module):
+    """One trained vector per position, as in BERT and GPT-2; knows nothing past `max_len`.
+
+    Args:
+        max_len: number of positions it has vectors for.
+        d_model: width of each vector.
+    """
+
+    def __init__(self, max_len: int, d_model: int) -> None:
+        super().__init__()
+        _check_count("max_len", max_len, 1)
+        _check_count("d_model", d_model, 1)
+        self.max_len = max_len
+        self.embedding = nn.Embedding(max_len, d_model)
+
+    def forward(self, positions: Tensor) -> Tensor:
+        """Vectors for integer `positions` of any shape (...) -> (..., d_model)."""
+        if positions.is_floating_point():
+            raise ValueError(f"positions must be integers, got dtype {positions.dtype}")
+        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.max_len):
+            bad = int(positions.max()) if int(positions.max()) >= self.max_len else int(positions.min())
+            raise ValueError(f"position {bad} is outside the learned table of max_len={self.max_len}")
+        return self.embedding(positions)
+
+
+# ----------------------------------------------------------------------------------------------
+# Relative: T5's bucketed bias
+# ----------------------------------------------------------------------------------------------
+
+
+def relative_position_bucket(
+    relative_position: Tensor, bidirectional: bool = True, num_buckets: int = 32, max_distance: int = 128
+) -> Tensor:
+    """T5's bucket of each relative position (key position - query position); integer tensor of the same shape.
+
+    Raffel et al., 2020, section 2.1. Half the buckets (all of them when causal) hold exact small
+    distances 0 .. num_buckets/2 - 1 (per direction when bidirectional); the rest cover larger
+    distances on a logarithmic scale up to `max_distance`, beyond which everything shares the last
+    bucket. Bidirectional: keys after the query use the upper half of the buckets. Causal: keys
+    after the query all fall in bucket 0 (they are masked anyway).
+
+    Args:
+        relative_position: integer tensor of key minus query positions.
+        bidirectional: whether keys may lie after the query (encoders) or not (decoders).
+        num_buckets: total number of buckets (>= 2, even when bidirectional).
+        max_distance: distance from which all positions share the last bucket.
+
+    Returns:
+        long tensor of bucket indices in [0, num_buckets).
+    """
+    _check_count("num_buckets", num_buckets, 2)
+    _check_count("max_distance", max_distance, 1)
+    buckets = torch.zeros_like(relative_position, dtype=torch.long)
+    if bidirectional:
+        num_buckets //= 2
+        buckets += (relative_position > 0).long() * num_buckets
+        distance = relative_position.abs()
+    else:
+        distance = (-relative_position).clamp(min=0)  # how far back the key lies
+    exact = num_buckets // 2
+    is_small = distance < exact
+    log_scaled = exact + (
+        torch.log(distance.float().clamp(min=1) / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+    ).long()
+    log_scaled = log_scaled.clamp(max=num_buckets - 1)
+    return buckets + torch.where(is_small, distance, log_scaled)
+
+
+class RelativePositionBias(nn.Module):
+    """T5's learned bias: one scalar per (bucket, head), added to the attention scores.
+
+    Args:
+        num_heads: number of attention heads.
+        bidirectional: encoder (True) or decoder (False) bucketing.
+        num_buckets: number of buckets.
+        max_distance: distance from which all positions share the last bucket.
+    """
+
+    def __init__(self, num_heads: int, bidirectional: bool = True, num_buckets: int = 32, max_distance: int = 128) -> None:
+        super().__init__()
+        _check_count("num_heads", num_heads, 1)
+        self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
+        self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
+
+    def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        """Additive bias (num_heads, seq_q, seq_k) for 1-D query and key positions."""
+        relative = k_positions[None, :] - q_positions[:, None]  # (seq_q, seq_k)
+        buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+        return rearrange(self.relative_attention_bias(buckets), "q k h -> h q k")
+
+
+# ----------------------------------------------------------------------------------------------
+# Relative: rotary position embedding (RoPE)
+# ----------------------------------------------------------------------------------------------
+
+
+def rope_frequencies(head_dim: int, base: float = 10000.0) -> Tensor:
+    """Angular frequency of each 2-D plane, theta_i = base^(-2i/head_dim); shape (head_dim // 2,).
+
+    Su et al., 2021, eq. 15: the same frequencies as the sinusoidal table.
+    """
+    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+        raise ValueError(f"RoPE needs a positive even head_dim, got {head_dim!r}")
+    return base ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+def interleaved_to_half(x: Tensor) -> Tensor:
+    """Reorder the last dimension from interleaved pairs (2i, 2i+1) to halves (i, i + d/2).
+
+    Applying RoPE in the half layout to the reordered vector, then `half_to_interleaved`, equals
+    RoPE in the interleaved layout: this is how LLaMA checkpoints (interleaved) are converted to
+    Hugging Face's `rotate_half` layout (its q and k projection rows are permuted the same way).
+    """
+    return torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1)
+
+
+def half_to_interleaved(x: Tensor) -> Tensor:
+    """The inverse of `interleaved_to_half`: halves (i, i + d/2) back to pairs (2i, 2i+1)."""
+    half = x.shape[-1] // 2
+    return rearrange(torch.stack([x[..., :half], x[..., half:]], dim=-1), "... i two -> ... (i two)")
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "half") -> Tensor:
+    """Rotate each 2-D plane of `x` by its angle: (x_a, x_b) -> (x_a cos - x_b sin, x_a sin + x_b cos).
+
+    Su et al., 2021, eq. 34. The planes are dimension pairs (i, i + d/2) in the "half" layout
+    (GPT-NeoX, Hugging Face's `rotate_half`) and (2i, 2i+1) in the "interleaved" layout (RoFormer,
+    Meta's LLaMA).
+
+    Args:
+        x: queries or keys, (..., seq, head_dim), e.g. (batch, heads, seq, head_dim).
+        cos: cosines of the angles, broadcastable to (..., seq, head_dim // 2).
+        sin: sines of the angles, the same shape as `cos`.
+        layout: "half" or "interleaved".
+
+    Returns:
+        Tensor of x's shape and dtype.
+    """
+    if x.shape[-1] % 2:
+        raise ValueError(f"RoPE needs an even head_dim, got x of shape {tuple(x.shape)}")
+    if layout == "half":
+        half = x.shape[-1] // 2
+        a, b = x[..., :half], x[..., half:]
+        return torch.cat([a * cos - b * sin, a * sin + b * cos], dim=-1).to(x.dtype)
+    if layout == "interleaved":
+        a, b = x[..., 0::2], x[..., 1::2]
+        rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
+        return rearrange(rotated, "... i two -> ... (i two)").to(x.dtype)
+    raise ValueError(f"layout must be 'half' or 'interleaved', got {layout!r}")
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE for attention: rotates queries and keys by angles proportional to their positions.
+
+    After the rotation, q_m . k_n depends on the positions only through m - n (Su et al., 2021).
+    Keeps a cos/sin table that grows (doubling) when a position beyond it is asked for.
+
+    Args:
+        head_dim: width of each head (even).
+        base: frequency base, 10000 in RoFormer and LLaMA.
+        layout: "half" or "interleaved" (see `apply_rope`).
+    """
+
+    def __init__(self, head_dim: int, base: float = 10000.0, layout: str = "half") -> None:
+        super().__init__()
+        if layout not in ("half", "interleaved"):
+            raise ValueError(f"layout must be 'half' or 'interleaved', got {layout!r}")
+        self.head_dim, self.base, self.layout = head_dim, base, layout
+        self.register_buffer("inv_freq", rope_frequencies(head_dim, base), persistent=False)
+        self.register_buffer("cos_cached", torch.empty(0, head_dim // 2, dtype=torch.float64), persistent=False)
+        self.register_buffer("sin_cached", torch.empty(0, head_dim // 2, dtype=torch.float64), persistent=False)
+
+    def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin of the angles for integer `positions` of shape (...) -> each (..., head_dim // 2), float64."""
+        if positions.is_floating_point():
+            raise ValueError(f"positions must be integers, got dtype {positions.dtype}")
+        if positions.numel() and int(positions.min()) < 0:
+            raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
+        needed = int(positions.max()) + 1 if positions.numel() else 0
+        if needed > self.cos_cached.shape[0]:
+            length = max(needed, 2 * self.cos_cached.shape[0], 16)
+            angles = torch.arange(length, dtype=torch.float64, device=self.inv_freq.device)[:, None] * self.inv_freq
+            self.cos_cached, self.sin_cached = torch.cos(angles), torch.sin(angles)
+        positions = positions.to(self.cos_cached.device)
+        return self.cos_cached[positions], self.sin_cached[positions]
+
+    def rotate(self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotate q (..., seq_q, head_dim) and k (..., seq_k, head_dim) by their positions, (seq,) or (batch, seq).
+
+        Positions of shape (batch, seq) get a head axis inserted when q and k are 4-D,
+        (batch, heads, seq, head_dim).
+        """
+        rotated = []
+        for x, positions in ((q, q_positions), (k, k_positions)):
+            if x.shape[-1] != self.head_dim:
+                raise ValueError(f"expected head_dim {self.head_dim}, got a tensor of shape {tuple(x.shape)}")
+            cos, sin = self.cos_sin(positions)  # (..., seq, head_dim // 2)
+            if positions.dim() == 2 and x.dim() == 4:
+                cos, sin = cos[:, None], sin[:, None]  # (batch, 1, seq, head_dim // 2)
+            rotated.append(apply_rope(x, cos.to(x.dtype), sin.to(x.dtype), self.layout))
+        return rotated[0], rotated[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# Relative: ALiBi
+# ----------------------------------------------------------------------------------------------
+
+
+def alibi_slopes(num_heads: int) -> Tensor:
+    """ALiBi's head-specific slopes m_h; shape (num_heads,), float64.
+
+    Press et al., 2022, section 3: for n heads, a power of two, the geometric sequence
+    2^(-8/n), 2^(-16/n), ..., 2^(-8). Otherwise: the slopes of the nearest lower power of two p,
+    followed by every other slope of 2p heads, until there are n.
+    """
+    _check_count("num_heads", num_heads, 1)
+
+    def geometric(n: int) -> list[float]:
+        start = 2 ** (-8 / n)
+        return [start ** (h + 1) for h in range(n)]
+
+    power = 2 ** math.floor(math.log2(num_heads))
+    slopes = geometric(power)
+    if power < num_heads:
+        slopes += geometric(2 * power)[0::2][: num_heads - power]
+    return torch.tensor(slopes, dtype=torch.float64)
+
+
+def alibi_bias(num_heads: int, seq_q: int, seq_k: int | None = None, causal: bool = True) -> Tensor:
+    """ALiBi's additive bias -m_h * distance(query, key); shape (num_heads, seq_q, seq_k), float32.
+
+    Queries are the last `seq_q` of `seq_k` positions (as with a key/value cache). Causal: the
+    distance is i - j for keys j at or before query i; keys after the query get 0 here and must be
+    removed by the causal mask. Bidirectional: the distance is |i - j|.
+
+    Args:
+        num_heads: number of heads.
+        seq_q: number of queries.
+        seq_k: number of keys (>= seq_q); defaults to `seq_q`.
+        causal: decoder (True) or encoder (False) form.
+    """
+    seq_k = seq_q if seq_k is None else seq_k
+    _check_count("seq_q", seq_q)
+    _check_count("seq_k", seq_k)
+    if seq_k < seq_q:
+        raise ValueError(f"seq_k ({seq_k}) must be >= seq_q ({seq_q})")
+    query = torch.arange(seq_q, dtype=torch.float64)[:, None] + (seq_k - seq_q)
+    key = torch.arange(seq_k, dtype=torch.float64)[None, :]
+    distance = (query - key).clamp(min=0) if causal else (query - key).abs()
+    return (-alibi_slopes(num_heads)[:, None, None] * distance).float()
+
+
+class ALiBi(nn.Module):
+    """ALiBi as a positional scheme for attention (no parameters).
+
+    Args:
+        num_heads: number of heads.
+        causal: decoder (True) or encoder (False) form.
+    """
+
+    def __init__(self, num_heads: int, causal: bool = True) -> None:
+        super().__init__()
+        self.register_buffer("slopes", alibi_slopes(num_heads).float(), persistent=False)
+        self.causal = causal
+
+    def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
+        """Additive bias (num_heads, seq_q, seq_k) for 1-D query and key positions."""
+        distance = q_positions[:, None] - k_positions[None, :]  # (seq_q, seq_k)
+        distance = distance.clamp(min=0) if self.causal else distance.abs()
+        return -self.slopes[:, None, None] * distance.to(self.slopes.dtype)
