@@ -47,7 +47,7 @@ def _exit_on_rank_two() -> None:
 
 def _send_then_raise() -> None:
     if dist.get_rank() == 0:
-        dist.send(torch.tensor([99.0]), dst=1)
+        dist.isend(torch.tensor([99.0]), dst=1)  # in flight, never received
     raise RuntimeError("after a send nobody received")
 
 
