@@ -13,10 +13,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from reference.validation import check_int
 
-def _check_count(name: str, value: int, minimum: int = 0) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def sinusoidal_encoding(length: int, d_model: int, offset: int = 0, base: float = 10000.0) -> Tensor:

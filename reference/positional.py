@@ -19,10 +19,8 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from reference.validation import check_int
 
-def _check_count(name: str, value: int, minimum: int = 0) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -46,9 +44,9 @@ def sinusoidal_encoding(length: int, d_model: int, offset: int = 0, base: float 
     Returns:
         float32 tensor of shape (length, d_model) for positions offset .. offset + length - 1.
     """
-    _check_count("length", length)
-    _check_count("d_model", d_model, 1)
-    _check_count("offset", offset)
+    check_int("length", length)
+    check_int("d_model", d_model, 1)
+    check_int("offset", offset)
     positions = torch.arange(offset, offset + length, dtype=torch.float64)[:, None]  # (length, 1)
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d_model / 2),)
     angles = positions / base ** (two_i / d_model)  # (length, ceil(d_model / 2))
@@ -68,8 +66,8 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
-        _check_count("max_len", max_len, 1)
-        _check_count("d_model", d_model, 1)
+        check_int("max_len", max_len, 1)
+        check_int("d_model", d_model, 1)
         self.max_len = max_len
         self.embedding = nn.Embedding(max_len, d_model)
 
@@ -108,8 +106,8 @@ def relative_position_bucket(
     Returns:
         long tensor of bucket indices in [0, num_buckets).
     """
-    _check_count("num_buckets", num_buckets, 2)
-    _check_count("max_distance", max_distance, 1)
+    check_int("num_buckets", num_buckets, 2)
+    check_int("max_distance", max_distance, 1)
     buckets = torch.zeros_like(relative_position, dtype=torch.long)
     if bidirectional:
         num_buckets //= 2
@@ -138,7 +136,7 @@ class RelativePositionBias(nn.Module):
 
     def __init__(self, num_heads: int, bidirectional: bool = True, num_buckets: int = 32, max_distance: int = 128) -> None:
         super().__init__()
-        _check_count("num_heads", num_heads, 1)
+        check_int("num_heads", num_heads, 1)
         self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
         self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
 
@@ -273,7 +271,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
     2^(-8/n), 2^(-16/n), ..., 2^(-8). Otherwise: the slopes of the nearest lower power of two p,
     followed by every other slope of 2p heads, until there are n.
     """
-    _check_count("num_heads", num_heads, 1)
+    check_int("num_heads", num_heads, 1)
 
     def geometric(n: int) -> list[float]:
         start = 2 ** (-8 / n)
@@ -300,8 +298,8 @@ def alibi_bias(num_heads: int, seq_q: int, seq_k: int | None = None, causal: boo
         causal: decoder (True) or encoder (False) form.
     """
     seq_k = seq_q if seq_k is None else seq_k
-    _check_count("seq_q", seq_q)
-    _check_count("seq_k", seq_k)
+    check_int("seq_q", seq_q)
+    check_int("seq_k", seq_k)
     if seq_k < seq_q:
         raise ValueError(f"seq_k ({seq_k}) must be >= seq_q ({seq_q})")
     query = torch.arange(seq_q, dtype=torch.float64)[:, None] + (seq_k - seq_q)

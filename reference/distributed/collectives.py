@@ -16,26 +16,9 @@ included, sizes not divisible by the world size included), any dtype the backend
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 from torch import Tensor
 
 from reference.distributed import p2p
-
-
-def _rank_and_world() -> tuple[int, int]:
-    if not dist.is_initialized():
-        raise ValueError("collectives need an initialised process group (use reference.distributed.launch)")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _check_root(root: int, world: int, name: str) -> None:
-    if not isinstance(root, int) or not 0 <= root < world:
-        raise ValueError(f"{name} must be a rank in [0, {world}), got {root!r}")
-
-
-def _check_list(tensors: list[Tensor], world: int, name: str) -> None:
-    if len(tensors) != world:
-        raise ValueError(f"{name} must hold one tensor per rank ({world}), got {len(tensors)}")
 
 
 def broadcast(tensor: Tensor, src: int = 0) -> None:
@@ -49,8 +32,8 @@ def broadcast(tensor: Tensor, src: int = 0) -> None:
         tensor: the data on `src`, the destination on the other ranks; any shape, same on all ranks.
         src: the root rank.
     """
-    rank, world = _rank_and_world()
-    _check_root(src, world, "src")
+    rank, world = p2p.rank_and_world()
+    p2p.check_root(src, world, "src")
     buffer = tensor.detach().contiguous()
     v = (rank - src) % world
     mask = 1
@@ -76,8 +59,8 @@ def reduce(tensor: Tensor, dst: int = 0, op: str = "sum") -> None:
         dst: the root rank.
         op: "sum", "product", "max" or "min".
     """
-    rank, world = _rank_and_world()
-    _check_root(dst, world, "dst")
+    rank, world = p2p.rank_and_world()
+    p2p.check_root(dst, world, "dst")
     accumulator = tensor.detach().clone().contiguous()
     incoming = torch.empty_like(accumulator)
     v = (rank - dst) % world
@@ -104,7 +87,7 @@ def all_reduce_naive(tensor: Tensor, op: str = "sum") -> None:
         tensor: this rank's contribution; the combined result on every rank afterwards.
         op: "sum", "product", "max" or "min".
     """
-    rank, world = _rank_and_world()
+    rank, world = p2p.rank_and_world()
     result = tensor.detach().clone().contiguous()
     if rank == 0:
         incoming = torch.empty_like(result)
@@ -133,8 +116,8 @@ def ring_reduce_scatter(chunks: list[Tensor], op: str = "sum") -> None:
             and shapes may differ between chunks.
         op: "sum", "product", "max" or "min".
     """
-    rank, world = _rank_and_world()
-    _check_list(chunks, world, "chunks")
+    rank, world = p2p.rank_and_world()
+    p2p.check_list(chunks, world, "chunks")
     right, left = (rank + 1) % world, (rank - 1) % world
     for step in range(world - 1):
         send_index, recv_index = (rank - step - 1) % world, (rank - step - 2) % world
@@ -152,8 +135,8 @@ def ring_all_gather(chunks: list[Tensor]) -> None:
     Args:
         chunks: n contiguous tensors; on entry only `chunks[rank]` needs to hold data.
     """
-    rank, world = _rank_and_world()
-    _check_list(chunks, world, "chunks")
+    rank, world = p2p.rank_and_world()
+    p2p.check_list(chunks, world, "chunks")
     right, left = (rank + 1) % world, (rank - 1) % world
     for step in range(world - 1):
         p2p.exchange(chunks[(rank - step) % world], right, chunks[(rank - step - 1) % world], left)
@@ -170,7 +153,7 @@ def all_reduce_ring(tensor: Tensor, op: str = "sum") -> None:
         tensor: this rank's contribution; the combined result on every rank afterwards.
         op: "sum", "product", "max" or "min".
     """
-    _, world = _rank_and_world()
+    _, world = p2p.rank_and_world()
     flat = tensor.detach().reshape(-1).clone()
     chunks = list(flat.tensor_split(world))  # contiguous views into `flat`
     ring_reduce_scatter(chunks, op)
@@ -191,7 +174,7 @@ def all_reduce_recursive_doubling(tensor: Tensor, op: str = "sum") -> None:
         tensor: this rank's contribution; the combined result on every rank afterwards.
         op: "sum", "product", "max" or "min".
     """
-    rank, world = _rank_and_world()
+    rank, world = p2p.rank_and_world()
     accumulator = tensor.detach().clone().contiguous()
     incoming = torch.empty_like(accumulator)
     power = 1 << (world.bit_length() - 1)
@@ -230,8 +213,8 @@ def reduce_scatter(output: Tensor, input_list: list[Tensor], op: str = "sum") ->
         input_list: n tensors; block i (the same shape on every rank) is destined for rank i.
         op: "sum", "product", "max" or "min".
     """
-    rank, world = _rank_and_world()
-    _check_list(input_list, world, "input_list")
+    rank, world = p2p.rank_and_world()
+    p2p.check_list(input_list, world, "input_list")
     if output.shape != input_list[rank].shape:
         raise ValueError(f"output has shape {tuple(output.shape)}, input_list[{rank}] has {tuple(input_list[rank].shape)}")
     chunks = [block.detach().reshape(-1).clone() for block in input_list]
@@ -246,8 +229,8 @@ def all_gather(tensor_list: list[Tensor], tensor: Tensor) -> None:
         tensor_list: n output tensors, each of `tensor`'s shape and dtype.
         tensor: this rank's contribution; the same shape on every rank.
     """
-    rank, world = _rank_and_world()
-    _check_list(tensor_list, world, "tensor_list")
+    rank, world = p2p.rank_and_world()
+    p2p.check_list(tensor_list, world, "tensor_list")
     for i, out in enumerate(tensor_list):
         if out.shape != tensor.shape or out.dtype != tensor.dtype:
             raise ValueError(f"tensor_list[{i}] is {tuple(out.shape)} {out.dtype}, tensor is {tuple(tensor.shape)} {tensor.dtype}")
@@ -268,9 +251,9 @@ def all_to_all(output_list: list[Tensor], input_list: list[Tensor]) -> None:
         output_list: n tensors; output_list[i] has the shape of rank i's input_list[rank].
         input_list: n tensors; input_list[i] is destined for rank i.
     """
-    rank, world = _rank_and_world()
-    _check_list(input_list, world, "input_list")
-    _check_list(output_list, world, "output_list")
+    rank, world = p2p.rank_and_world()
+    p2p.check_list(input_list, world, "input_list")
+    p2p.check_list(output_list, world, "output_list")
     output_list[rank].copy_(input_list[rank])
     for step in range(1, world):
         dst, src = (rank + step) % world, (rank - step) % world

@@ -58,6 +58,25 @@ def _record(tensor: Tensor, dst: int) -> None:
             traffic.log.append((dst, tensor.detach().clone()))
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(this rank, world size) of the initialised process group; ValueError when there is none."""
+    if not dist.is_initialized():
+        raise ValueError("collectives need an initialised process group (use reference.distributed.launch)")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def check_root(root: int, world: int, name: str) -> None:
+    """Raise ValueError unless `root` is a rank of a group of `world` processes."""
+    if not isinstance(root, int) or not 0 <= root < world:
+        raise ValueError(f"{name} must be a rank in [0, {world}), got {root!r}")
+
+
+def check_list(tensors: list[Tensor], world: int, name: str) -> None:
+    """Raise ValueError unless `tensors` holds one tensor per rank."""
+    if len(tensors) != world:
+        raise ValueError(f"{name} must hold one tensor per rank ({world}), got {len(tensors)}")
+
+
 def _check(tensor: Tensor, peer: int, what: str) -> None:
     if not tensor.is_contiguous():
         raise ValueError(f"{what} needs a contiguous tensor (call .contiguous() first), got strides {tensor.stride()}")
