@@ -7,7 +7,8 @@ float64, int32 and int64. The byte counters must match the formulas exactly.
 
 The worker functions below run on every rank; they take the implementation's package name, so
 the processes import `reference` or `exercises` (from `--exercises-path` too: spawned processes
-inherit `sys.path`).
+inherit `sys.path`). The launcher (`Cluster`) and the byte counter (`p2p.count_traffic`) are the
+harness the code under test runs in, so they come from `reference` for both implementations.
 """
 
 from __future__ import annotations
