@@ -75,7 +75,7 @@ def _run_rooted(package: str, name: str, op: str) -> list[tuple]:
             else:
                 dist.reduce(theirs, root, OPS[op])
             keep = name == "broadcast" or rank == root  # torch leaves other ranks' reduce buffers unspecified
-            out.append((str(dtype), shape, root, ours if keep else x, theirs if keep else x, x, traffic.bytes_sent, traffic.messages_sent))
+            out.append((str(dtype), shape, root, ours if keep else x, theirs if keep else x, traffic.bytes_sent, traffic.messages_sent))
     return out
 
 
@@ -223,8 +223,8 @@ def test_broadcast_is_a_binomial_tree(impl, clusters, world):
     results = clusters(world).run(_run_rooted, impl.package, "broadcast", "sum")
     rows = len(results[0])
     for i in range(rows):
-        messages = [results[rank][i][7] for rank in range(world)]
-        nbytes = [results[rank][i][6] for rank in range(world)]
+        messages = [results[rank][i][6] for rank in range(world)]
+        nbytes = [results[rank][i][5] for rank in range(world)]
         dtype, shape = results[0][i][0], results[0][i][1]
         size = math.prod(shape) * element_size(dtype)
         assert sum(messages) == world - 1
@@ -246,9 +246,10 @@ def test_broadcast_rejects_a_bad_root(impl, clusters):
 def test_reduce_matches_torch_at_every_root(impl, clusters, world, op):
     results = clusters(world).run(_run_rooted, impl.package, "reduce", op)
     for rank, rows in enumerate(results):
-        for dtype, shape, root, ours, theirs, original, nbytes, messages in rows:
+        for dtype, shape, root, ours, theirs, nbytes, messages in rows:
             assert_same(ours, theirs, f"rank {rank}, {dtype} {shape}, dst {root}, {op}")
             assert messages == (0 if rank == root else 1), "every rank but the root sends exactly once"
+            assert nbytes == (0 if rank == root else math.prod(shape) * element_size(dtype))
 
 
 @pytest.mark.exercise("7.2")
@@ -273,6 +274,7 @@ def test_all_reduce_naive_matches_torch(impl, clusters, world):
             assert_same(ours, theirs, f"rank {rank}, {dtype} {shape}")
             size = math.prod(shape) * element_size(dtype)
             assert nbytes == ((world - 1) * size if rank == 0 else size), "root sends n - 1 copies, the others one"
+            assert messages == (world - 1 if rank == 0 else 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,6 +353,7 @@ def test_all_reduce_recursive_doubling_matches_torch(impl, clusters, world, op):
             extra, rounds = world - power, int(math.log2(power))
             expected = 1 if rank < 2 * extra and rank % 2 == 0 else rounds + (rank < 2 * extra)
             assert messages == expected, "log2(p) exchanges, plus the fold for world sizes that are not powers of 2"
+            assert nbytes == expected * math.prod(shape) * element_size(dtype), "every message carries the whole tensor"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,6 +392,7 @@ def test_all_to_all_matches_torch(impl, clusters, world):
         for dtype, shape, ours, theirs, nbytes, messages in rows:
             assert_same(ours, theirs, f"rank {rank}, {dtype} {shape}")
             assert messages == world - 1
+            assert nbytes == (world - 1) * math.prod(shape) * element_size(dtype), "every other rank's block, once"
 
 
 @pytest.mark.exercise("7.8")
