@@ -153,6 +153,8 @@ class MultiHeadAttention(nn.Module):
         kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
         vdim: width of the values' input; defaults to `d_model`.
         positional: a relative position scheme (see above), or None.
+        scale: factor on the scores q . k; None means 1 / sqrt(head_dim). T5 uses 1 (it folds the
+            scale into its initialisation).
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -168,6 +170,7 @@ class MultiHeadAttention(nn.Module):
         kdim: int | None = None,
         vdim: int | None = None,
         positional: nn.Module | None = None,
+        scale: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:

@@ -207,6 +207,8 @@ class MultiHeadAttention(nn.Module):
         kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
         vdim: width of the values' input; defaults to `d_model`.
         positional: a relative position scheme (see above), or None.
+        scale: factor on the scores q . k; None means 1 / sqrt(head_dim). T5 uses 1 (it folds the
+            scale into its initialisation).
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -222,6 +224,7 @@ class MultiHeadAttention(nn.Module):
         kdim: int | None = None,
         vdim: int | None = None,
         positional: nn.Module | None = None,
+        scale: float | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -252,6 +255,9 @@ class MultiHeadAttention(nn.Module):
         if positional is not None and not (hasattr(positional, "rotate") or hasattr(positional, "bias")):
             raise ValueError(f"positional must have a rotate or a bias method, got {type(positional).__name__}")
         self.positional = positional
+        if scale is not None and not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = scale
 
     def forward(
         self,
@@ -309,5 +315,5 @@ class MultiHeadAttention(nn.Module):
                     mask = mask + bias
         group = self.num_heads // self.num_kv_heads
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # (batch, heads, seq_k, head_dim)
-        out = scaled_dot_product_attention(q, k, v, mask)  # (batch, heads, seq_q, head_dim)
+        out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (batch, heads, seq_q, head_dim)
         return self.out_proj(rearrange(out, "b h s d -> b s (h d)"))

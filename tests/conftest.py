@@ -44,21 +44,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 class Implementation:
-    """The modules of one implementation, by attribute: `impl.attention`, `impl.models.llama`."""
+    """The modules of one implementation, by attribute: `impl.attention`, `impl.models.llama`.
+
+    A subpackage comes back as another `Implementation`, so `impl.models.llama` imports
+    `<package>.models.llama`; a name that is not a module is looked up in the package itself.
+    """
 
     def __init__(self, package: str) -> None:
         self.package = package
 
-    def __getattr__(self, name: str) -> ModuleType:
+    def __getattr__(self, name: str) -> ModuleType | Implementation:
         if name.startswith("__"):
             raise AttributeError(name)
         module = f"{self.package}.{name}"
         try:
-            return importlib.import_module(module)
+            found = importlib.import_module(module)
         except ModuleNotFoundError as error:
-            if error.name == module:  # a missing module, not a failing import inside it
-                raise AttributeError(f"{self.package} has no module {name!r}") from error
-            raise
+            if error.name != module:  # a failing import inside the module, not a missing module
+                raise
+            package = importlib.import_module(self.package)
+            if hasattr(package, name):
+                return getattr(package, name)
+            raise AttributeError(f"{self.package} has no module {name!r}") from error
+        return Implementation(module) if hasattr(found, "__path__") else found
 
     def __repr__(self) -> str:
         return f"Implementation({self.package!r})"

@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from einops import rearrange
 from torch.nn import functional as F
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
@@ -518,3 +519,20 @@ def test_mha_adds_a_bias_hook_to_the_mask(impl):
     torch.testing.assert_close(hooked(x, mask=padding), plain(x, mask=causal & padding), **TOL)
     shifted = torch.arange(10, 15)
     torch.testing.assert_close(hooked(x, positions=shifted), plain(x, mask=causal), **TOL)
+
+
+@pytest.mark.exercise("1.7")
+@pytest.mark.points(1)
+def test_mha_custom_scale_matches_torch(impl):
+    """T5 scores with q . k unscaled: `scale=1.0` must reach the softmax, and a bad scale is refused."""
+    torch.manual_seed(0)
+    mha = impl.attention.MultiHeadAttention(16, 2, scale=1.0, bias=False)
+    x = _rand(2, 5, 16)
+    q, k, v = (rearrange(p(x), "b s (h d) -> b h s d", h=2) for p in (mha.q_proj, mha.k_proj, mha.v_proj))
+    expected = mha.out_proj(rearrange(F.scaled_dot_product_attention(q, k, v, scale=1.0), "b h s d -> b s (h d)"))
+    torch.testing.assert_close(mha(x), expected, **TOL)
+    default = impl.attention.MultiHeadAttention(16, 2, bias=False)
+    default.load_state_dict(mha.state_dict())
+    assert not torch.allclose(default(x), mha(x), atol=1e-4)
+    with pytest.raises(ValueError, match="scale"):
+        impl.attention.MultiHeadAttention(16, 2, scale=0.0)

@@ -1,0 +1,1 @@
+"""Exercises of Chapter 5: your twins of `reference.models` modules."""

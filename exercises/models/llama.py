@@ -1,0 +1,90 @@
+"""Exercise for Chapter 5: the LLaMA-style causal decoder (also a prefix decoder).
+
+Fill in the bodies that raise NotImplementedError. Build it from the reference parts imported
+below (your own parts are graded on their own, in exercises 5.1-5.5). Grade with
+`llm-course grade 5`. Mirrors `reference/models/llama.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reference.attention import MultiHeadAttention, causal_mask
+from reference.models.masks import prefix_mask
+from reference.models.parts import Block, RMSNorm, SwiGLU, check_token_ids, init_weights
+from reference.positional import RotaryEmbedding
+from reference.validation import check_int
+
+
+class TransformerLM(nn.Module):
+    """LLaMA-style language model: token ids (batch, seq) -> next-token logits (batch, seq, vocab_size).
+
+    x_0 = E[ids];  x_l = Block_l(x_{l-1}) with  h = x + Attn(RMSNorm(x)),  x' = h + SwiGLU(RMSNorm(h));
+    logits = lm_head(RMSNorm(x_L)).
+
+    Args:
+        vocab_size: number of token ids.
+        context_length: the longest sequence the model accepts.
+        d_model: width of the residual stream.
+        num_layers: number of blocks.
+        num_heads: number of query heads (divides d_model).
+        d_ff: hidden width of SwiGLU (about 8/3 * d_model in LLaMA).
+        rope_theta: RoPE's base (10000 in LLaMA 1/2, 500000 in LLaMA 3).
+        num_kv_heads: key/value heads for grouped-query attention (divides num_heads); default num_heads.
+        eps: RMSNorm's epsilon.
+        tie_embeddings: share `lm_head.weight` with `token_embeddings.weight` (GPT-2, small LLaMA 3.2).
+
+    Submodules: `token_embeddings` (nn.Embedding), `layers` (nn.ModuleList of
+    `reference.models.parts.Block` with `attn` a bias-free `MultiHeadAttention` whose positional
+    scheme is one `RotaryEmbedding` (half layout) shared by all layers, `ffn` a `SwiGLU`, `norm_attn`
+    and `norm_ffn` RMSNorms), `ln_final` (RMSNorm), `lm_head` (bias-free nn.Linear). Weights start
+    from `init_weights`. `config` holds the constructor's arguments (num_kv_heads filled in) as a dict.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int,
+        rope_theta: float = 10000.0,
+        num_kv_heads: int | None = None,
+        eps: float = 1e-5,
+        tie_embeddings: bool = False,
+    ) -> None:
+        # Hint: super().__init__(), validate, then build what the class docstring describes.
+        raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
+
+    def forward(
+        self, token_ids: Tensor, positions: Tensor | None = None, prefix_length: int | Tensor | None = None
+    ) -> Tensor:
+        """Logits for every position.
+
+        Args:
+            token_ids: (batch, seq) integer ids in [0, vocab_size), seq <= context_length.
+            positions: RoPE positions, (seq,) or (batch, seq); default 0 .. seq - 1.
+            prefix_length: None for a causal decoder; an int or a (batch,) tensor to run as a prefix
+                decoder, bidirectional over the first prefix_length tokens.
+
+        Returns:
+            (batch, seq, vocab_size) logits; position t predicts token t + 1.
+        """
+        # Hint: check the ids, pick causal_mask or prefix_mask, embed, run the layers, ln_final, lm_head.
+        raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
+
+    def generate(
+        self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Append `max_new_tokens` sampled tokens to (batch, seq) prompts; returns (batch, seq + max_new_tokens).
+
+        The simplest decoder, recomputing the whole window at every step (Chapter 15 adds the
+        key/value cache). temperature 0 means greedy; the window slides when the context fills.
+        """
+        # Hint: loop: logits of the last position of the last context_length tokens, argmax or multinomial, concatenate.
+        raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
+

@@ -1,0 +1,143 @@
+"""A causal decoder in the LLaMA style, which is also the course's prefix decoder.
+
+Survey section 2.2, "Causal decoder" and "Prefix decoder". Touvron et al., 2023 (LLaMA): pre-norm
+with RMSNorm, SwiGLU feed-forward, rotary position embedding (Su et al., 2021), no biases, a final
+norm and an untied output layer; Ainslie et al., 2023 (grouped-query attention) as in LLaMA 2/3.
+A prefix decoder (PaLM-style U-PaLM, GLM) is the same network driven by another mask: pass
+`prefix_length` and the prefix attends bidirectionally (`reference.models.masks.prefix_mask`).
+
+Parameter names follow CS336's `TransformerLM` (`token_embeddings`, `layers`, `ln_final`,
+`lm_head`), so a checkpoint of one loads into the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from reference.attention import MultiHeadAttention, causal_mask
+from reference.models.masks import prefix_mask
+from reference.models.parts import Block, RMSNorm, SwiGLU, check_token_ids, init_weights
+from reference.positional import RotaryEmbedding
+from reference.validation import check_int
+
+
+class TransformerLM(nn.Module):
+    """LLaMA-style language model: token ids (batch, seq) -> next-token logits (batch, seq, vocab_size).
+
+    x_0 = E[ids];  x_l = Block_l(x_{l-1}) with  h = x + Attn(RMSNorm(x)),  x' = h + SwiGLU(RMSNorm(h));
+    logits = lm_head(RMSNorm(x_L)).
+
+    Args:
+        vocab_size: number of token ids.
+        context_length: the longest sequence the model accepts.
+        d_model: width of the residual stream.
+        num_layers: number of blocks.
+        num_heads: number of query heads (divides d_model).
+        d_ff: hidden width of SwiGLU (about 8/3 * d_model in LLaMA).
+        rope_theta: RoPE's base (10000 in LLaMA 1/2, 500000 in LLaMA 3).
+        num_kv_heads: key/value heads for grouped-query attention (divides num_heads); default num_heads.
+        eps: RMSNorm's epsilon.
+        tie_embeddings: share `lm_head.weight` with `token_embeddings.weight` (GPT-2, small LLaMA 3.2).
+
+    Submodules: `token_embeddings` (nn.Embedding), `layers` (nn.ModuleList of
+    `reference.models.parts.Block` with `attn` a bias-free `MultiHeadAttention` whose positional
+    scheme is one `RotaryEmbedding` (half layout) shared by all layers, `ffn` a `SwiGLU`, `norm_attn`
+    and `norm_ffn` RMSNorms), `ln_final` (RMSNorm), `lm_head` (bias-free nn.Linear). Weights start
+    from `init_weights`. `config` holds the constructor's arguments (num_kv_heads filled in) as a dict.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        context_length: int,
+        d_model: int,
+        num_layers: int,
+        num_heads: int,
+        d_ff: int,
+        rope_theta: float = 10000.0,
+        num_kv_heads: int | None = None,
+        eps: float = 1e-5,
+        tie_embeddings: bool = False,
+    ) -> None:
+        super().__init__()
+        for name, value in (("vocab_size", vocab_size), ("context_length", context_length), ("d_model", d_model),
+                            ("num_layers", num_layers), ("num_heads", num_heads), ("d_ff", d_ff)):
+            check_int(name, value, 1)
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if d_model % num_heads or (d_model // num_heads) % 2:
+            raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model}) into an even head_dim for RoPE")
+        if num_kv_heads <= 0 or num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads ({num_kv_heads}) must divide num_heads ({num_heads})")
+        self.config: dict[str, Any] = dict(
+            vocab_size=vocab_size, context_length=context_length, d_model=d_model, num_layers=num_layers,
+            num_heads=num_heads, d_ff=d_ff, rope_theta=rope_theta, num_kv_heads=num_kv_heads, eps=eps,
+            tie_embeddings=tie_embeddings,
+        )
+        self.vocab_size, self.context_length = vocab_size, context_length
+        rope = RotaryEmbedding(d_model // num_heads, rope_theta, layout="half")  # one table, shared by all layers
+        self.token_embeddings = nn.Embedding(vocab_size, d_model)
+        self.layers = nn.ModuleList(
+            Block(
+                attn=MultiHeadAttention(d_model, num_heads, num_kv_heads, bias=False, positional=rope),
+                ffn=SwiGLU(d_model, d_ff),
+                norm_attn=RMSNorm(d_model, eps),
+                norm_ffn=RMSNorm(d_model, eps),
+            )
+            for _ in range(num_layers)
+        )
+        self.ln_final = RMSNorm(d_model, eps)
+        self.lm_head = nn.Linear(d_model, vocab_size, bias=False)
+        init_weights(self, num_layers=num_layers)
+        if tie_embeddings:
+            self.lm_head.weight = self.token_embeddings.weight
+
+    def forward(
+        self, token_ids: Tensor, positions: Tensor | None = None, prefix_length: int | Tensor | None = None
+    ) -> Tensor:
+        """Logits for every position.
+
+        Args:
+            token_ids: (batch, seq) integer ids in [0, vocab_size), seq <= context_length.
+            positions: RoPE positions, (seq,) or (batch, seq); default 0 .. seq - 1.
+            prefix_length: None for a causal decoder; an int or a (batch,) tensor to run as a prefix
+                decoder, bidirectional over the first prefix_length tokens.
+
+        Returns:
+            (batch, seq, vocab_size) logits; position t predicts token t + 1.
+        """
+        check_token_ids(token_ids, self.vocab_size, self.context_length)
+        seq = token_ids.shape[1]
+        if prefix_length is None:
+            mask = causal_mask(seq, device=token_ids.device)  # (seq, seq)
+        else:
+            mask = prefix_mask(seq, prefix_length, device=token_ids.device)
+        x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
+        for layer in self.layers:
+            x = layer(x, mask=mask, positions=positions)
+        return self.lm_head(self.ln_final(x))  # (batch, seq, vocab_size)
+
+    @torch.no_grad()
+    def generate(
+        self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Append `max_new_tokens` sampled tokens to (batch, seq) prompts; returns (batch, seq + max_new_tokens).
+
+        The simplest decoder, recomputing the whole window at every step (Chapter 15 adds the
+        key/value cache). temperature 0 means greedy; the window slides when the context fills.
+        """
+        check_int("max_new_tokens", max_new_tokens, 0)
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        out = token_ids
+        for _ in range(max_new_tokens):
+            logits = self(out[:, -self.context_length :])[:, -1]  # (batch, vocab)
+            if temperature == 0:
+                nxt = logits.argmax(dim=-1, keepdim=True)
+            else:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                nxt = torch.multinomial(probs, 1, generator=generator)
+            out = torch.cat([out, nxt], dim=1)
+        return out
