@@ -168,6 +168,24 @@ def test_solution_import_detection(code, refused):
     assert all(why.startswith("refused: exercises/attention.py line") for why in found.values())
 
 
+@pytest.mark.parametrize(
+    ("code", "refused"),
+    [
+        ("from reference.models import llama", True),
+        ("from reference.models import *", True),
+        ("import reference.models", True),
+        ("import reference", True),
+        ("from reference.models.llama import TransformerLM", True),
+        ("from reference.models.parts import Block, RMSNorm", False),  # a sibling module is harness
+        ("from reference.models import parts", False),
+    ],
+)
+def test_solution_import_detection_in_a_subpackage(code, refused):
+    exercises = [ex for ex in catalog.chapter(5).exercises if ex.module == "models.llama"]
+    found = grader.solution_imports(code, "models.llama", exercises)
+    assert bool(found) == refused
+
+
 def test_wrong_arguments_exit_nonzero(tmp_path):
     for args in (["grade", "99"], ["grade", "1", "--impl", "mine"], ["grade", "1", "--timeout", "0"]):
         proc = subprocess.run(

@@ -77,10 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--exercises-path", default=None, metavar="DIR", help="grade the `exercises` package in DIR (e.g. a submission)"
     )
     grading.set_defaults(run=cmd_grade)
+    # `pretrain` is handed to the trainer's own parser by `main` (its options: llm-course pretrain --help)
+    sub.add_parser("pretrain", help="pre-train a language model from a JSON config (Chapter 6)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["pretrain"]:  # imported only here: torch and matplotlib are slow to load for `list`
+        from reference.training import trainer
+
+        return trainer.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.run(args, parser)

@@ -103,8 +103,9 @@ def solution_imports(source: str, module: str, exercises: list[catalog.Exercise]
     """Exercises of `exercises/<module>.py` that import their own solution: {exercise id: why}.
 
     `from reference.<module> import name` refuses the exercises named; importing the module
-    `reference.<module>` itself (or all of `reference`, or either by `importlib`/`__import__`)
-    refuses every exercise of the module, since any of them could then call its solution.
+    `reference.<module>` itself, or a package above it (`reference`, `reference.data`, also as
+    `from reference.data import pipeline`, or by `importlib`/`__import__`), refuses every exercise
+    of the module, since any of them could then call its solution.
     """
     solution = f"reference.{module}"
     everything = {ex.id for ex in exercises}
@@ -116,7 +117,8 @@ def solution_imports(source: str, module: str, exercises: list[catalog.Exercise]
             refused.setdefault(ex_id, f"refused: exercises/{module.replace('.', '/')}.py line {line} {what}")
 
     def reaches(name: str) -> bool:
-        return name == "reference" or name == solution or name.startswith(solution + ".")
+        """Whether importing `name` gives access to the solution: it, a module inside it, or a package above it."""
+        return name == solution or name.startswith(solution + ".") or solution.startswith(name + ".")
 
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
@@ -130,10 +132,11 @@ def solution_imports(source: str, module: str, exercises: list[catalog.Exercise]
                         refuse(everything, f"imports * from {solution}", node.lineno)
                     elif alias.name in by_name:
                         refuse({by_name[alias.name]}, f"imports {alias.name}, its own solution, from {solution}", node.lineno)
-            elif node.module == "reference":
+            elif solution.startswith(node.module + "."):  # a package above the solution: reference, reference.data, ...
+                below = solution[len(node.module) + 1 :].split(".")[0]
                 for alias in node.names:
-                    if alias.name in ("*", module.split(".")[0]):
-                        refuse(everything, f"imports {alias.name} from reference", node.lineno)
+                    if alias.name in ("*", below):
+                        refuse(everything, f"imports {alias.name} from {node.module}", node.lineno)
         elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
             func = node.func
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""

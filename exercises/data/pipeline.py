@@ -1,0 +1,217 @@
+"""Exercises for Chapter 4, the cleaning pipeline and its per-stage statistics (exercises 4.9).
+
+Fill in each body that raises NotImplementedError; the docstrings say what to return. The rest of
+the module is the reference's own code, so that it runs on your functions. Grade with
+`llm-course grade 4`. Mirrors `reference/data/pipeline.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from reference.data import dedup, privacy, quality, toxicity
+from reference.data.corpus import Document
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline: `apply(document)` returns the document to keep or a reason to drop it."""
+
+    name: str
+    apply: Callable[[Document], Document | str]
+
+
+@dataclass
+class StageStats:
+    """What one stage did; words are whitespace-separated tokens, bytes are UTF-8."""
+
+    name: str
+    documents_in: int = 0
+    documents_out: int = 0
+    words_in: int = 0
+    words_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    changed: int = 0  # kept documents whose text the stage changed
+    reasons: Counter = field(default_factory=Counter)  # drop reason -> documents dropped
+    examples: dict[str, list[str]] = field(default_factory=dict)  # "kept" / "dropped: reason" -> titles
+
+    @property
+    def documents_dropped(self) -> int:
+        return self.documents_in - self.documents_out
+
+
+class Pipeline:
+    """Stages applied in order to a list of documents, with one `StageStats` per stage."""
+
+    def __init__(self, stages: Sequence[Stage]) -> None:
+        """Keep the stages (a sequence of `Stage`, with distinct names); raises ValueError otherwise."""
+        raise NotImplementedError("Exercise 4.9: pipeline with per-stage statistics")
+
+    def run(
+        self, documents: Sequence[Document], progress: bool = True, examples: int = 3
+    ) -> tuple[list[Document], list[StageStats]]:
+        """Pass the documents through every stage in order; returns (the survivors, one StageStats per stage).
+
+        For each stage, each surviving document d in order: result = stage.apply(d). A Document
+        is kept (counted as changed if its text differs from d's), a str drops d with that reason.
+        Anything else raises TypeError naming the stage. Counts of documents, words
+        (`len(text.split())`) and UTF-8 bytes are taken before and after the stage; the titles of
+        up to `examples` kept documents go to stats.examples["kept"] and of up to `examples`
+        dropped documents per reason to stats.examples["dropped: <reason>"]. A tqdm bar per
+        stage shows progress unless `progress` is False.
+
+        Args:
+            documents: the input; each must be a Document.
+            progress: whether to show the progress bars.
+            examples: how many example titles to keep per outcome (>= 0).
+
+        Returns:
+            (list of the documents that passed every stage, list of StageStats in stage order).
+        """
+        # Hint: one StageStats per stage; the survivors of one stage are the input of the next.
+        raise NotImplementedError("Exercise 4.9: pipeline with per-stage statistics")
+
+
+# ----------------------------------------------------------------------------------------------
+# The stages of Chapter 4
+# ----------------------------------------------------------------------------------------------
+
+
+def quality_stage(rules: Sequence[quality.Rule] | None = None, name: str = "quality rules") -> Stage:
+    """Drop documents that fail a rule (default: `quality.gopher_rules()`); the reason names the first rule failed."""
+    chosen = quality.gopher_rules() if rules is None else list(rules)
+
+    def apply(document: Document) -> Document | str:
+        failed = quality.failed_rules(document.text, chosen)
+        return f"quality: {failed[0]}" if failed else document
+
+    return Stage(name, apply)
+
+
+def classifier_stage(classifier: quality.TextClassifier, threshold: float = 0.5, name: str = "quality classifier") -> Stage:
+    """Drop documents that `classifier` gives a probability >= threshold (of being noise or hostile)."""
+
+    def apply(document: Document) -> Document | str:
+        return f"{name} >= {threshold}" if classifier.predict_proba([document.text])[0] >= threshold else document
+
+    return Stage(name, apply)
+
+
+def exact_dedup_stage(name: str = "exact dedup") -> Stage:
+    """Drop a document whose `dedup.exact_hash` an earlier document had."""
+    seen: set[str] = set()
+
+    def apply(document: Document) -> Document | str:
+        digest = dedup.exact_hash(document.text)
+        if digest in seen:
+            return "exact duplicate"
+        seen.add(digest)
+        return document
+
+    return Stage(name, apply)
+
+
+def near_dedup_stage(
+    k: int = 5,
+    unit: str = "word",
+    num_perm: int = 128,
+    bands: int = 32,
+    rows: int = 4,
+    threshold: float = 0.5,
+    seed: int = 1,
+    name: str = "near dedup",
+) -> Stage:
+    """Drop a document whose MinHash signature shares an LSH band with a kept one and agrees with it on >= threshold.
+
+    Streaming: kept documents' signatures and band buckets are remembered in order, so the first
+    of a group of near-duplicates survives.
+    """
+    buckets: list[dict[bytes, list[int]]] = [defaultdict(list) for _ in range(bands)]
+    kept: list[np.ndarray] = []
+
+    def apply(document: Document) -> Document | str:
+        signature = dedup.minhash_signature(dedup.shingles(document.text, k, unit), num_perm, seed)
+        keys = [signature[b * rows : (b + 1) * rows].tobytes() for b in range(bands)]
+        candidates = {j for b, key in enumerate(keys) for j in buckets[b].get(key, ())}
+        if any(dedup.estimate_jaccard(signature, kept[j]) >= threshold for j in candidates):
+            return "near duplicate"
+        for b, key in enumerate(keys):
+            buckets[b][key].append(len(kept))
+        kept.append(signature)
+        return document
+
+    return Stage(name, apply)
+
+
+def privacy_stage(kinds: Sequence[str] = privacy.PII_KINDS, name: str = "privacy scrub") -> Stage:
+    """Replace personal data by placeholders (`privacy.scrub`); drops nothing."""
+
+    def apply(document: Document) -> Document | str:
+        text = privacy.scrub(document.text, kinds)
+        return document if text == document.text else dataclasses.replace(document, text=text)
+
+    return Stage(name, apply)
+
+
+def toxicity_stage(threshold: float = 0.02, classifier: quality.TextClassifier | None = None, name: str = "toxicity") -> Stage:
+    """Drop documents whose toxicity score is >= threshold: `toxicity.word_list_score`, or the classifier's probability."""
+
+    def apply(document: Document) -> Document | str:
+        if classifier is None:
+            score = toxicity.word_list_score(document.text)
+        else:
+            score = float(classifier.predict_proba([document.text])[0])
+        return f"toxicity score >= {threshold}" if score >= threshold else document
+
+    return Stage(name, apply)
+
+
+# ----------------------------------------------------------------------------------------------
+# Showing the statistics
+# ----------------------------------------------------------------------------------------------
+
+
+def stats_table(stats: Sequence[StageStats]) -> str:
+    """A plain-text table: one row per stage (documents and words in, out, changed) and its drop reasons."""
+    header = f"{'stage':<20} {'docs in':>8} {'docs out':>8} {'changed':>8} {'words in':>11} {'words out':>11}  dropped because"
+    rows = [header, "-" * len(header)]
+    for s in stats:
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in s.reasons.most_common()) or "-"
+        rows.append(
+            f"{s.name:<20} {s.documents_in:>8} {s.documents_out:>8} {s.changed:>8}"
+            f" {s.words_in:>11,} {s.words_out:>11,}  {reasons}"
+        )
+    return "\n".join(rows)
+
+
+def funnel_plot(stats: Sequence[StageStats], ax=None, measure: str = "words"):
+    """A funnel: the share of the input's documents, words or bytes left after each stage, as horizontal bars.
+
+    Returns the matplotlib Axes (a new figure's, if `ax` is None).
+    """
+    if measure not in ("documents", "words", "bytes"):
+        raise ValueError(f"measure must be 'documents', 'words' or 'bytes', got {measure!r}")
+    if not stats:
+        raise ValueError("stats must hold at least one stage")
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.5 + 0.5 * (len(stats) + 1)))
+    start = getattr(stats[0], f"{measure}_in")
+    labels = ["input"] + [s.name for s in stats]
+    shares = [100.0] + [100.0 * getattr(s, f"{measure}_out") / start if start else 0.0 for s in stats]
+    positions = np.arange(len(labels))[::-1]
+    ax.barh(positions, shares, left=[(100 - v) / 2 for v in shares], color="tab:blue")
+    for y, share in zip(positions, shares):
+        ax.text(50, y, f"{share:.1f}%", ha="center", va="center", color="white")
+    ax.set_yticks(positions, labels)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(f"{measure} left (% of the input)")
+    return ax

@@ -1,0 +1,1 @@
+"""Exercises of Chapter 6 (pre-training): your twins of `reference.training` modules."""

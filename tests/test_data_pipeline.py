@@ -1,0 +1,86 @@
+"""Chapter 4: the cleaning pipeline — stages in a chain, per-stage statistics, the whole chain on planted data.
+
+Oracles: counts of documents, words and bytes computed by hand for toy stages; planted exact
+duplicates and personal data that the chain must drop and scrub.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from reference.data import corpus
+from reference.data.corpus import Document
+
+
+def _doc(text: str, title: str = "t") -> Document:
+    return Document(text, "prose", title, "test")
+
+
+@pytest.mark.exercise("4.9")
+@pytest.mark.points(2)
+def test_pipeline_counts_by_hand(impl):
+    p = impl.data.pipeline
+    drop_x = p.Stage("no x", lambda d: "has x" if "x" in d.text else d)
+    shout = p.Stage("shout", lambda d: dataclasses.replace(d, text=d.text.upper()) if "b" in d.text else d)
+    docs = [_doc("a b", "one"), _doc("x y z", "two"), _doc("c", "three"), _doc("x", "four")]
+    kept, stats = p.Pipeline([drop_x, shout]).run(docs, progress=False)
+    assert [d.text for d in kept] == ["A B", "c"]
+    first, second = stats
+    assert (first.name, first.documents_in, first.documents_out, first.documents_dropped) == ("no x", 4, 2, 2)
+    assert (first.words_in, first.words_out, first.bytes_in, first.bytes_out) == (7, 3, 10, 4)
+    assert first.reasons == {"has x": 2} and first.changed == 0
+    assert first.examples == {"kept": ["one", "three"], "dropped: has x": ["two", "four"]}
+    assert (second.documents_in, second.documents_out, second.changed, second.reasons) == (2, 2, 1, {})
+    assert p.Pipeline([drop_x]).run(docs, progress=False, examples=1)[1][0].examples == {
+        "kept": ["one"],
+        "dropped: has x": ["two"],
+    }
+
+
+@pytest.mark.exercise("4.9")
+@pytest.mark.points(1)
+def test_pipeline_streams_stateful_stages_in_order(impl):
+    p = impl.data.pipeline
+    seen = []
+    record = p.Stage("record", lambda d: seen.append(d.title) or d)
+    kept, stats = p.Pipeline([record, p.exact_dedup_stage()]).run(
+        [_doc("Same text", "a"), _doc("same  TEXT", "b"), _doc("other", "c")], progress=False
+    )
+    assert seen == ["a", "b", "c"] and [d.title for d in kept] == ["a", "c"]
+    assert stats[1].reasons == {"exact duplicate": 1}
+    kept, stats = p.Pipeline([record]).run([], progress=False)
+    assert kept == [] and stats[0].documents_in == stats[0].words_out == 0
+
+
+@pytest.mark.exercise("4.9")
+@pytest.mark.points(1)
+def test_pipeline_bad_input(impl):
+    p = impl.data.pipeline
+    with pytest.raises(ValueError, match="distinct"):
+        p.Pipeline([p.Stage("a", lambda d: d), p.Stage("a", lambda d: d)])
+    with pytest.raises(TypeError, match="documents\\[1\\]"):
+        p.Pipeline([p.Stage("a", lambda d: d)]).run([_doc("ok"), "not a document"], progress=False)
+    with pytest.raises(TypeError, match="'bad'"):
+        p.Pipeline([p.Stage("bad", lambda d: 42)]).run([_doc("ok")], progress=False)
+
+
+@pytest.mark.exercise("4.9")
+@pytest.mark.points(2)
+def test_chapter_pipeline_on_planted_corpus(impl):
+    p = impl.data.pipeline
+    prose = corpus.load_source("prose")[:40]
+    secret = dataclasses.replace(prose[3], text=prose[3].text + "\nWrite to carol@example.com about it.\n", title="with PII")
+    docs = [_doc("Too short.", "short"), *prose, prose[5], prose[7], secret]
+    chain = p.Pipeline([p.quality_stage(), p.exact_dedup_stage(), p.near_dedup_stage(), p.privacy_stage(), p.toxicity_stage()])
+    kept, stats = chain.run(docs, progress=False)
+    by_name = {s.name: s for s in stats}
+    assert by_name["quality rules"].reasons["quality: word count"] >= 1
+    assert "short" in by_name["quality rules"].examples["dropped: quality: word count"]
+    assert by_name["exact dedup"].reasons["exact duplicate"] == 2
+    assert by_name["near dedup"].reasons["near duplicate"] >= 1  # the copy of topic 3 with an address added
+    assert all("carol@example.com" not in d.text for d in kept)
+    assert [s.documents_out for s in stats] == sorted((s.documents_out for s in stats), reverse=True)
+    table = p.stats_table(stats)
+    assert all(s.name in table for s in stats)
