@@ -140,15 +140,17 @@ def length_extrapolation(
 ) -> dict[str, dict[str, object]]:
     """Train one decoder per scheme at `context_length` and measure it at each multiple of it.
 
-    Returns, per scheme: "train_losses" (list), "loss" ({length: mean validation loss, NaN where
+    `progress` shows one bar over the schemes. Returns, per scheme: "train_losses" (list), "loss" ({length: mean validation loss, NaN where
     the scheme cannot run}), "by_position" (the loss at each position of the longest windows, or
     of the longest it can run).
     """
     results: dict[str, dict[str, object]] = {}
-    for scheme in tqdm(schemes, desc="schemes", disable=not progress):
+    bar = tqdm(schemes, desc="training and evaluating", disable=not progress)
+    for scheme in bar:
+        bar.set_postfix(scheme=scheme)
         torch.manual_seed(seed)
         model = PositionalDecoder(256, d_model, num_layers, num_heads, 4 * d_model, scheme, context_length)
-        train_losses = train_decoder(model, train_data, context_length, steps, seed=seed, progress=progress)
+        train_losses = train_decoder(model, train_data, context_length, steps, seed=seed)
         loss, by_position = {}, None
         for factor in factors:
             length = factor * context_length

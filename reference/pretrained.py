@@ -1,4 +1,5 @@
-"""Pretrained models the course loads offline, from files that pip installed.
+"""Pretrained models the course loads offline, from files that pip installed: all-MiniLM-L6-v2 and the
+course's own small models (Chapter 6).
 
 Nothing is downloaded at run time. Chapter 1 looks inside a real trained encoder,
 all-MiniLM-L6-v2 (Wang et al., 2020, "MiniLM"; Reimers and Gurevych, 2019, "Sentence-BERT"),
@@ -35,3 +36,48 @@ def minilm() -> tuple[nn.Module, object]:
     tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
     model = AutoModel.from_pretrained(folder, local_files_only=True, attn_implementation="eager", dtype=torch.float32)
     return model.eval(), tokenizer
+
+
+# ----------------------------------------------------------------------------------------------
+# The course's own models (Chapter 6), shipped in reference/assets/
+# ----------------------------------------------------------------------------------------------
+
+COURSE_MODELS = ("llama-tiny", "bert-tiny")
+
+
+def model_card(name: str) -> dict:
+    """The config and model card of one of the course's own models (`reference/assets/<name>/config.json`)."""
+    import json
+
+    from reference.training.assets import ASSETS
+
+    if name not in COURSE_MODELS:
+        raise ValueError(f"unknown pretrained model {name!r}; the course ships {COURSE_MODELS}")
+    path = ASSETS / name / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} is missing: reinstall the course, or rebuild it with `python -m reference.training.assets {name}`"
+        )
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_pretrained(name: str) -> tuple[nn.Module, object]:
+    """One of the course's own small pretrained models, in eval mode (float32), and its tokenizer.
+
+    "llama-tiny": a LLaMA-style `reference.models.TransformerLM` (causal decoder); "bert-tiny": a
+    `reference.models.BertForMaskedLM` (encoder with an MLM head). Both were pre-trained on the course
+    corpus by `reference.training.assets` (Chapter 6) and share the course's byte-level BPE
+    tokenizer (`reference.tokenizer.Tokenizer`, 4,096 ids; "<|endoftext|>", "[MASK]", "[PAD]" are
+    special). Weights are stored in bfloat16 as safetensors, so nothing is unpickled.
+
+    Returns:
+        (model, tokenizer).
+    """
+    from reference.tokenizer import Tokenizer
+    from reference.training.assets import ASSETS, load_weights
+    from reference.training.trainer import build_model
+
+    card = model_card(name)
+    model = build_model(card["model"])
+    load_weights(model, ASSETS / name / "model.safetensors")
+    return model.eval(), Tokenizer.load(ASSETS / name / "tokenizer.json")

@@ -143,3 +143,18 @@ def test_readme_chapter_table_and_commands():
     assert "make lab" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
     assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == ["make test"]
+
+
+@pytest.mark.parametrize("module", sorted({ex.module for ch in catalog.CHAPTERS for ex in ch.exercises}))
+def test_exercise_twins_copy_helpers_exactly(module):
+    """A twin may carry the reference's non-exercise helpers (so that they run on the learner's code),
+    but only as exact copies: a helper edited in one place and not the other fails here."""
+    exercise_names = {ex.qualname.split(".")[0] for ch in catalog.CHAPTERS for ex in ch.exercises if ex.module == module}
+    path = module.replace(".", "/") + ".py"
+    ref_tree = ast.parse((ROOT / "reference" / path).read_text())
+    stub_tree = ast.parse((ROOT / "exercises" / path).read_text())
+    reference_defs = {n.name: n for n in ref_tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+    for node in stub_tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name not in exercise_names:
+            assert node.name in reference_defs, f"exercises/{path}: {node.name} is not in reference/{path}"
+            assert ast.dump(node) == ast.dump(reference_defs[node.name]), f"exercises/{path}: {node.name} differs from the reference"

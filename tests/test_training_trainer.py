@@ -239,3 +239,44 @@ def test_main_pretrains_from_a_config(tmp_path, capsys):
         == 0
     )
     assert "35 iterations" in capsys.readouterr().out
+
+
+def test_llm_course_pretrain_trains_the_llama_family(tmp_path, capsys):
+    """`llm-course pretrain` reaches the trainer, and a config naming the "llama" family builds Chapter 5's TransformerLM."""
+    from reference.course import cli
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("to be or not to be, that is the question. " * 100, encoding="utf-8")
+    data.tokenize_to_memmap(_ByteTokenizer(), text, tmp_path / "train.bin", vocab_size=256)
+    model = {"family": "llama", "vocab_size": 256, "context_length": 16, "d_model": 16, "num_layers": 1,
+             "num_heads": 2, "d_ff": 32}  # fmt: skip
+    config = {"model": model, "train_data": str(tmp_path / "train.bin"), "batch_size": 4, "context_length": 16,
+              "max_iters": 5, "warmup_iters": 1, "out_dir": str(tmp_path / "out"), "device": "cpu"}  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert cli.main(["pretrain", "--config", str(tmp_path / "config.json"), "--no-progress"]) == 0
+    assert "5 iterations (stopped by max_iters)" in capsys.readouterr().out
+    saved = torch.load(tmp_path / "out" / "checkpoint.pt", weights_only=True)
+    assert "layers.0.ffn.w1.weight" in saved["model"]
+
+
+def test_masked_language_modelling_objective_trains_an_encoder(tmp_path):
+    """objective "mlm": windows corrupted by the 80/10/10 rule, loss only on the chosen positions."""
+    from reference.models.encoder import BertForMaskedLM
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("the cat sat on the mat and the dog sat on the log. " * 60, encoding="utf-8")
+    data.tokenize_to_memmap(_ByteTokenizer(), text, tmp_path / "train.bin", vocab_size=256)
+    tokens = data.open_tokens(tmp_path / "train.bin")
+    config = TrainConfig(batch_size=8, context_length=32, max_iters=60, max_learning_rate=3e-3, warmup_iters=5,
+                         eval_interval=60, eval_batches=2, out_dir=str(tmp_path / "out"), device="cpu", progress=False,
+                         objective="mlm", mask_token_id=255, special_ids=[255])  # fmt: skip
+    torch.manual_seed(0)
+    model = BertForMaskedLM(256, 32, 32, 1, 2)
+    result = trainer.train(model, config, tokens, tokens)
+    assert result.val_losses[-1][1] < 0.5 * math.log(256), result.val_losses  # far below guessing uniformly
+    with pytest.raises(ValueError, match="mask_token_id"):
+        TrainConfig(objective="mlm")
+    with pytest.raises(ValueError, match="objective"):
+        TrainConfig(objective="span")
+    with pytest.raises(ValueError, match="vocab_size"):
+        trainer.batch_loss(trainer.BigramLanguageModel(256), config, tokens, torch.device("cpu"), torch.Generator())

@@ -45,6 +45,7 @@ from reference.training.numerics import (
     cosine_schedule,
     cross_entropy,
 )
+from reference.training.objectives import masked_language_modeling
 from reference.validation import check_int
 
 LOG_FIELDS = ("iter", "split", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s")
@@ -84,6 +85,10 @@ class TrainConfig:
     out_dir: str = "runs/pretrain"
     log_format: str = "jsonl"
     progress: bool = True
+    objective: str = "next_token"  # or "mlm": BERT's masked language modelling on each window
+    mask_token_id: int | None = None  # for "mlm": the id of [MASK]
+    mask_probability: float = 0.15  # for "mlm"
+    special_ids: list[int] = field(default_factory=list)  # for "mlm": ids never chosen for masking
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -101,6 +106,10 @@ class TrainConfig:
             raise ValueError(f"max_minutes must be > 0 or None, got {self.max_minutes!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.objective not in ("next_token", "mlm"):
+            raise ValueError(f"objective must be 'next_token' or 'mlm', got {self.objective!r}")
+        if self.objective == "mlm" and self.mask_token_id is None:
+            raise ValueError("objective 'mlm' needs mask_token_id")
         if self.log_format not in ("jsonl", "csv"):
             raise ValueError(f"log_format must be 'jsonl' or 'csv', got {self.log_format!r}")
 
@@ -176,6 +185,27 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     return getattr(importlib.import_module(module_name), class_name)(**spec)
 
 
+def batch_loss(
+    model: nn.Module, config: TrainConfig, data: npt.NDArray[np.integer], device: torch.device, generator: torch.Generator
+) -> torch.Tensor:
+    """The loss of one batch of `config.batch_size` random windows under `config.objective`.
+
+    "next_token": windows of context_length + 1 tokens, each position predicting the next.
+    "mlm": windows of context_length tokens corrupted by `masked_language_modeling` (15%, the
+    80/10/10 rule) and scored only at the chosen positions; the model sees the whole window.
+    """
+    inputs, targets = get_batch(data, config.batch_size, config.context_length, device, generator)
+    if config.objective == "next_token":
+        return cross_entropy(model(inputs), targets)
+    vocab_size = getattr(model, "vocab_size", None)
+    if vocab_size is None:
+        raise ValueError(f"objective 'mlm' needs a model with a vocab_size attribute, got {type(model).__name__}")
+    corrupted, originals, chosen = masked_language_modeling(
+        inputs, generator, config.mask_token_id, vocab_size, config.mask_probability, config.special_ids
+    )
+    return cross_entropy(model(corrupted), originals, chosen)
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -185,8 +215,11 @@ def evaluate(
     num_batches: int,
     device: torch.device,
     seed: int = 0,
+    config: TrainConfig | None = None,
 ) -> float:
     """Mean next-token loss over `num_batches` random batches of `data`, the same batches for the same seed.
+
+    With a `config`, the loss of its objective instead (`batch_loss`; masked LM for "mlm").
 
     Runs in eval mode (no dropout) and restores the model's mode afterwards; draws from its own
     generator, so evaluating does not change the training run's batches.
@@ -196,6 +229,9 @@ def evaluate(
     generator = torch.Generator().manual_seed(seed)
     losses = []
     for _ in range(num_batches):
+        if config is not None:
+            losses.append(batch_loss(model, config, data, device, generator).item())
+            continue
         inputs, targets = get_batch(data, batch_size, context_length, device, generator)
         losses.append(cross_entropy(model(inputs), targets).item())
     model.train(was_training)
@@ -281,7 +317,8 @@ def train(
     bar = tqdm(total=config.max_iters, initial=start, disable=not config.progress, unit="it", dynamic_ncols=True)
 
     def evaluate_and_log() -> None:
-        loss = evaluate(model, val_data, config.batch_size, config.context_length, config.eval_batches, device, config.seed + 1)
+        loss = evaluate(model, val_data, config.batch_size, config.context_length, config.eval_batches, device,
+                        config.seed + 1, config)
         result.val_losses.append((result.iteration, loss))
         elapsed = time.perf_counter() - began
         log.write({"iter": result.iteration, "split": "val", "loss": loss, "tokens": result.tokens, "elapsed_s": elapsed})
@@ -301,8 +338,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), device=device)
             for _ in range(config.grad_accumulation_steps):
-                inputs, targets = get_batch(train_data, config.batch_size, config.context_length, device, generator)
-                loss = cross_entropy(model(inputs), targets) / config.grad_accumulation_steps
+                loss = batch_loss(model, config, train_data, device, generator) / config.grad_accumulation_steps
                 loss.backward()
                 loss_sum += loss.detach()
             if config.grad_clip is not None:

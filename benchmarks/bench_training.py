@@ -1,0 +1,85 @@
+"""Training throughput of the course's TransformerLM against Hugging Face's LlamaForCausalLM.
+
+Both models have the same configuration and the same weights (copied with `reference.models.hf.to_hf`)
+and run the same training step (forward, next-token cross-entropy, backward, AdamW step) on the same
+batches, alternating in one process so that machine load hits both alike. Reported as tokens per
+second and as the ratio ours / Hugging Face's; also the achieved FLOP/s against the 6N-per-token
+estimate (Kaplan et al., 2020). Hugging Face runs its "eager" attention and, separately, "sdpa"
+(PyTorch's fused kernel).
+
+    python benchmarks/bench_training.py [--device cpu|cuda] [--steps 5] [--batch 16] [--context 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+from reference.models.hf import to_hf
+from reference.models.llama import TransformerLM
+from reference.runtime import pick_device, seed_everything
+
+CONFIGS = {
+    "llama-tiny": dict(vocab_size=4096, context_length=256, d_model=128, num_layers=4, num_heads=4, num_kv_heads=2,
+                       d_ff=352, tie_embeddings=True),
+    "small": dict(vocab_size=8192, context_length=256, d_model=256, num_layers=6, num_heads=8, num_kv_heads=4,
+                  d_ff=688),
+}  # fmt: skip
+
+
+def step_seconds(model, logits_of, batches, device) -> float:
+    """Median seconds of one training step (forward, loss, backward, AdamW) over the batches."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    for i, ids in enumerate(batches):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        logits = logits_of(model, ids[:, :-1])
+        loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--context", type=int, default=256)
+    args = parser.parse_args()
+    device = pick_device(args.device)
+    seed_everything(0)
+    print(f"device {device}, batch {args.batch} x context {args.context}, median of {args.steps} steps")
+    print(f"{'config':<11} {'params':>10} {'ours tok/s':>11} {'HF eager':>10} {'HF sdpa':>10} "
+          f"{'ours/eager':>11} {'ours/sdpa':>10} {'ours GFLOP/s (6N)':>18}")
+    for name, config in CONFIGS.items():
+        ours = TransformerLM(**config).to(device)
+        n = sum(p.numel() for p in ours.parameters())
+        eager = to_hf(ours).to(device).train()
+        sdpa = to_hf(ours)
+        sdpa.config._attn_implementation = "sdpa"
+        sdpa = sdpa.to(device).train()
+        g = torch.Generator().manual_seed(0)
+        batches = [torch.randint(0, config["vocab_size"], (args.batch, args.context + 1), generator=g).to(device)
+                   for _ in range(args.steps + 1)]
+        tokens = args.batch * args.context
+        t_ours = step_seconds(ours.train(), lambda m, x: m(x), batches, device)
+        t_eager = step_seconds(eager, lambda m, x: m(input_ids=x).logits, batches, device)
+        t_sdpa = step_seconds(sdpa, lambda m, x: m(input_ids=x).logits, batches, device)
+        print(f"{name:<11} {n:>10,} {tokens / t_ours:>11,.0f} {tokens / t_eager:>10,.0f} {tokens / t_sdpa:>10,.0f} "
+              f"{t_eager / t_ours:>11.2f} {t_sdpa / t_ours:>10.2f} {6 * n * tokens / t_ours / 1e9:>18.1f}")
+
+
+if __name__ == "__main__":
+    main()
