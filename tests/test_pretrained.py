@@ -129,3 +129,15 @@ def test_shipped_encoder_fills_masks_better_than_any_unigram_model():
         logits = model(inputs)
     loss = torch.nn.functional.cross_entropy(logits[chosen], targets[chosen]).item()
     assert loss < _unigram_entropy(targets[chosen]) - 0.5, loss
+
+
+def test_readme_model_cards_match_the_shipped_configs():
+    import re
+    from pathlib import Path
+
+    from reference.pretrained import model_card_markdown
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = re.search(r"<!-- model-cards:begin -->\n(.*?)\n<!-- model-cards:end -->", readme, re.S)
+    assert section, "README has the model cards between their markers"
+    assert section.group(1).strip() == model_card_markdown(), "README's model cards: paste reference.pretrained.model_card_markdown()"

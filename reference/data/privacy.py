@@ -82,6 +82,8 @@ def _candidates(text: str, kind: str) -> list[PiiSpan]:
     if kind == "IP":
         spans = [PiiSpan(m.start(), m.end(), kind) for m in PATTERNS["IPV4"].finditer(text)]
         for m in PATTERNS["IPV6"].finditer(text):
+            if not m.group().strip(":"):  # the bare "::" of grammars (::=), slices ([::-1]) and regexes ((?::)
+                continue
             try:
                 ipaddress.IPv6Address(m.group())
             except ValueError:
@@ -100,7 +102,8 @@ def find_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> list[PiiSpan]:
 
     Each kind has a pattern in PATTERNS and a check: a CREDIT_CARD has 13 to 19 digits
     (optionally grouped by spaces or dashes) and passes `luhn_valid`; an IP is an IPv4 address
-    with four octets of 0..255, or an IPv6 address that `ipaddress.IPv6Address` accepts; a PHONE
+    with four octets of 0..255, or an IPv6 address that `ipaddress.IPv6Address` accepts (but not the
+    bare "::", which grammar notation and slices are full of); a PHONE
     has 10 to 13 digits in groups (optionally "+country", "(area)"); a URL loses trailing
     punctuation (the full stop that ends its sentence). Where spans of different kinds overlap,
     the kind earlier in PII_KINDS wins (a URL that contains an address stays one URL).

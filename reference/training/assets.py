@@ -61,10 +61,12 @@ RECIPES: dict[str, dict[str, Any]] = {
         "description": "BERT-style encoder with a masked-language-modelling head (post-norm, GELU, learned positions)",
         "model": {"class": "reference.models.encoder:BertForMaskedLM", "vocab_size": VOCAB_SIZE,
                   "context_length": 128, "d_model": 128, "num_layers": 4, "num_heads": 4, "d_ff": 512},
-        "train": {"batch_size": 16, "context_length": 128, "max_iters": 600, "max_learning_rate": 2e-3,
-                  "min_learning_rate": 2e-4, "warmup_iters": 30, "weight_decay": 0.01, "grad_clip": 1.0,
+        # 30% masking instead of BERT's 15%: twice the predictions per step, and better small-budget
+        # models (Wettig et al., 2023, "Should You Mask 15% in Masked Language Modeling?")
+        "train": {"batch_size": 32, "context_length": 128, "max_iters": 600, "max_learning_rate": 1e-3,
+                  "min_learning_rate": 1e-4, "warmup_iters": 60, "weight_decay": 0.01, "grad_clip": 1.0,
                   "eval_interval": 150, "eval_batches": 8, "seed": 0, "objective": "mlm",
-                  "mask_token_id": 257, "special_ids": [256, 257, 258]},
+                  "mask_token_id": 257, "mask_probability": 0.3, "special_ids": [256, 257, 258]},
     },
 }  # fmt: skip
 
@@ -152,6 +154,30 @@ def _per_source_losses(model: nn.Module, config: TrainConfig, tokenizer: Tokeniz
     return results
 
 
+SAMPLE_PROMPTS = ("ROMEO.\n", "def ", "The ")
+CLOZE_PROMPTS = ("To be, or not to [MASK], that is the question.", "import [MASK]", "The [MASK] of Denmark")
+
+
+def samples(model: nn.Module, tokenizer: Tokenizer, max_new_tokens: int = 32, seed: int = 0) -> list[dict[str, Any]]:
+    """What a model card shows: continuations of SAMPLE_PROMPTS (decoder, temperature 0.8, seeded) or
+    the five likeliest fillers of each [MASK] in CLOZE_PROMPTS (encoder)."""
+    shown = []
+    with torch.no_grad():
+        if hasattr(model, "generate"):
+            for prompt in SAMPLE_PROMPTS:
+                ids = torch.tensor([tokenizer.encode(prompt)])
+                out = model.generate(ids, max_new_tokens, temperature=0.8, generator=torch.Generator().manual_seed(seed))
+                shown.append({"prompt": prompt, "completion": tokenizer.decode(out[0, ids.shape[1] :].tolist())})
+            return shown
+        mask_id = tokenizer.token_to_id("[MASK]")
+        for prompt in CLOZE_PROMPTS:
+            ids = torch.tensor([tokenizer.encode(prompt)])
+            position = (ids[0] == mask_id).nonzero()[0, 0]
+            top = model(ids)[0, position].topk(5).indices.tolist()
+            shown.append({"prompt": prompt, "fillers": [tokenizer.decode([t]) for t in top]})
+    return shown
+
+
 def build_asset(
     name: str, out_root: Path = ASSETS, progress: bool = True, mix_bytes: int = MIX_BYTES, max_iters: int | None = None
 ) -> dict[str, Any]:
@@ -200,6 +226,7 @@ def build_asset(
         out.mkdir(parents=True, exist_ok=True)
         save_weights(model, out / "model.safetensors")
         tokenizer.save(out / "tokenizer.json")
+        card["samples"] = samples(load_weights(build_model(recipe["model"]), out / "model.safetensors").eval(), tokenizer)
         _atomic_write_bytes(out / "config.json", (json.dumps(card, indent=2) + "\n").encode("utf-8"))
         log = (work / "run" / "log.jsonl").read_bytes()
         _atomic_write_bytes(out / "log.jsonl", log)
