@@ -101,8 +101,9 @@ def model_card_markdown(names: tuple[str, ...] = COURSE_MODELS) -> str:
             f"rebuilt by `python -m reference.training.assets {name}` in {card['build_seconds'] / 60:.0f} min "
             f"on a 2-core CPU (Python {card['built_with']['python']}, PyTorch {card['built_with']['torch']}).",
             "",
-            f"Validation loss {card['validation_loss']:.3f} nats/token on held-out documents "
-            f"(perplexity {math.exp(card['validation_loss']):.1f}); by source:",
+            f"Validation loss {card['validation_loss']:.3f} nats/token on held-out documents"
+            + (f", scored on the masked positions ({t['mask_probability']:.0%} masked)" if t["objective"] == "mlm" else "")
+            + f" (perplexity {math.exp(card['validation_loss']):.1f}); by source:",
             "",
             "| source | loss (nats/token) | perplexity | bytes/token |",
             "|---|---|---|---|",

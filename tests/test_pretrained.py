@@ -28,7 +28,6 @@ def test_minilm_loads_offline_and_embeds():
 # ----------------------------------------------------------------------------------------------
 
 import math  # noqa: E402
-from collections import Counter  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -67,13 +66,15 @@ def test_validation_documents_are_held_out_per_source():
 
 def test_building_an_asset_is_deterministic(tmp_path):
     """The whole chain, shrunk: two builds from scratch write byte-identical weights and tokenizers."""
-    cards = [assets.build_asset("llama-tiny", tmp_path / f"run{i}", progress=False, mix_bytes=150_000, max_iters=2)
+    cards = [assets.build_asset("llama-tiny", tmp_path / f"run{i}", progress=False, mix_bytes=400_000, max_iters=2)
              for i in range(2)]  # fmt: skip
     for name in ("model.safetensors", "tokenizer.json"):
         assert (tmp_path / "run0" / "llama-tiny" / name).read_bytes() == (tmp_path / "run1" / "llama-tiny" / name).read_bytes()
     assert cards[0]["training_tokens"] == 2 * 16 * 256 and set(cards[0]["validation_by_source"]) == set(corpus.SOURCES)
     with pytest.raises(ValueError, match="unknown asset"):
         assets.build_asset("gpt-5", tmp_path)
+    with pytest.raises(ValueError, match="too little text"):
+        assets.build_asset("llama-tiny", tmp_path / "small", progress=False, mix_bytes=50_000, max_iters=2)
 
 
 def _held_out_tokens(tokenizer, source: str = "books", limit: int = 60_000) -> torch.Tensor:
@@ -82,11 +83,14 @@ def _held_out_tokens(tokenizer, source: str = "books", limit: int = 60_000) -> t
     return torch.tensor(tokenizer.encode(text))
 
 
-def _unigram_entropy(tokens: torch.Tensor) -> float:
-    """The lowest loss any unigram model can reach on these tokens: the entropy of their own frequencies."""
-    counts = torch.tensor(list(Counter(tokens.tolist()).values()), dtype=torch.float64)
-    p = counts / counts.sum()
-    return float(-(p * p.log()).sum())
+@pytest.fixture(scope="module")
+def unigram_log_probs():
+    """A unigram model of the course tokenizer's ids, fitted on 1 MB of the training mixture (add-one smoothing)."""
+    _, tokenizer = load_pretrained("llama-tiny")
+    train_docs, _ = assets.split_documents(corpus.load_corpus())
+    text = assets.SEPARATOR.join(d.text for d in corpus.mix(train_docs, assets.MIXTURE, 1_000_000, seed=0))
+    counts = torch.bincount(torch.tensor(tokenizer.encode(text)), minlength=tokenizer.vocab_size).double()
+    return ((counts + 1) / (counts.sum() + tokenizer.vocab_size)).log()
 
 
 @pytest.mark.parametrize("name", COURSE_MODELS)
@@ -101,7 +105,7 @@ def test_shipped_models_load_offline_with_their_card(name):
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
 
-def test_shipped_decoder_beats_every_unigram_model_and_generates():
+def test_shipped_decoder_beats_a_unigram_model_and_generates(unigram_log_probs):
     model, tokenizer = load_pretrained("llama-tiny")
     assert isinstance(model, TransformerLM)
     tokens = _held_out_tokens(tokenizer)
@@ -109,14 +113,14 @@ def test_shipped_decoder_beats_every_unigram_model_and_generates():
     with torch.no_grad():
         logits = model(windows[:, :-1])
     loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item()
-    unigram = _unigram_entropy(windows[:, 1:].flatten())
-    assert loss < unigram - 0.5, (loss, unigram)
+    unigram = -unigram_log_probs[windows[:, 1:]].mean().item()  # held-out loss of the unigram model
+    assert loss < unigram - 1.0, (loss, unigram)  # measured: 4.92 against 6.60 nats/token
     prompt = torch.tensor([tokenizer.encode("ROMEO\n")])
     out = model.generate(prompt, 20, temperature=0.8, generator=torch.Generator().manual_seed(0))
     assert out.shape == (1, prompt.shape[1] + 20) and isinstance(tokenizer.decode(out[0].tolist()), str)
 
 
-def test_shipped_encoder_fills_masks_better_than_any_unigram_model():
+def test_shipped_encoder_fills_masks_better_than_a_unigram_model(unigram_log_probs):
     model, tokenizer = load_pretrained("bert-tiny")
     assert isinstance(model, BertForMaskedLM)
     tokens = _held_out_tokens(tokenizer)
@@ -128,7 +132,8 @@ def test_shipped_encoder_fills_masks_better_than_any_unigram_model():
     with torch.no_grad():
         logits = model(inputs)
     loss = torch.nn.functional.cross_entropy(logits[chosen], targets[chosen]).item()
-    assert loss < _unigram_entropy(targets[chosen]) - 0.5, loss
+    unigram = -unigram_log_probs[targets[chosen]].mean().item()
+    assert loss < unigram - 0.4, (loss, unigram)  # measured: 5.80 against 6.53 nats/token
 
 
 def test_readme_model_cards_match_the_shipped_configs():

@@ -193,6 +193,9 @@ def build_asset(
     with tempfile.TemporaryDirectory(prefix=f"build-{name}-") as tmp:
         work = Path(tmp)
         tokenizer = course_tokenizer(work, mix_bytes)
+        if tokenizer.vocab_size != VOCAB_SIZE:
+            raise ValueError(f"mix_bytes={mix_bytes} is too little text to learn {VOCAB_SIZE} tokens "
+                             f"(BPE ran out of pairs at {tokenizer.vocab_size})")
         train_docs, val_docs = split_documents(corpus.load_corpus())
         corpus.write_corpus(corpus.mix(val_docs, MIXTURE, VALIDATION_BYTES, seed=1), work / "val.txt", SEPARATOR)
         train_tokens = tokenize_to_memmap(tokenizer, work / "train.txt", work / "train.bin", tokenizer.vocab_size)
