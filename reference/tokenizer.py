@@ -470,6 +470,7 @@ class Tokenizer:
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as file:
                 json.dump(state, file, ensure_ascii=False)
+            os.chmod(temporary, 0o644)  # mkstemp makes it private; a saved tokenizer is meant to be shared
             os.replace(temporary, target)
         except BaseException:
             os.unlink(temporary)

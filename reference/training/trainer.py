@@ -297,7 +297,8 @@ def train(
     Returns:
         A `TrainResult`. Every iteration is also logged to `out_dir/log.jsonl` (or `log.csv`):
         {"iter", "split": "train", "loss", "lr", "grad_norm", "tokens", "tokens_per_s", "elapsed_s"};
-        evaluations have "split": "val".
+        evaluations have "split": "val". "tokens" counts from iteration 0 (a resumed run assumes the
+        same batch shape as before), "elapsed_s" from the start of this call.
     """
     device = pick_device(None if config.device == "auto" else config.device)
     model.to(device).train()
@@ -321,7 +322,8 @@ def train(
                         config.seed + 1, config)
         result.val_losses.append((result.iteration, loss))
         elapsed = time.perf_counter() - began
-        log.write({"iter": result.iteration, "split": "val", "loss": loss, "tokens": result.tokens, "elapsed_s": elapsed})
+        log.write({"iter": result.iteration, "split": "val", "loss": loss, "tokens": start * tokens_per_iter + result.tokens,
+                   "elapsed_s": elapsed})
 
     def save() -> None:
         save_checkpoint(model, optimizer, result.iteration, checkpoint_path, generator, dataclasses.asdict(config))
@@ -352,10 +354,11 @@ def train(
             tokens_per_s = tokens_per_iter / (time.perf_counter() - tick)
             log.write({
                 "iter": it + 1, "split": "train", "loss": train_loss, "lr": lr, "grad_norm": grad_norm.item(),
-                "tokens": result.tokens, "tokens_per_s": tokens_per_s, "elapsed_s": time.perf_counter() - began,
+                "tokens": start * tokens_per_iter + result.tokens, "tokens_per_s": tokens_per_s,
+                "elapsed_s": time.perf_counter() - began,
             })  # fmt: skip
             bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}")
+            bar.set_postfix(loss=f"{train_loss:.4f}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)  # drawn at tqdm's pace
             if val_data is not None and (it + 1) % config.eval_interval == 0:
                 evaluate_and_log()
             if config.checkpoint_interval is not None and (it + 1) % config.checkpoint_interval == 0:
