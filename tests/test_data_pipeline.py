@@ -84,3 +84,25 @@ def test_chapter_pipeline_on_planted_corpus(impl):
     assert [s.documents_out for s in stats] == sorted((s.documents_out for s in stats), reverse=True)
     table = p.stats_table(stats)
     assert all(s.name in table for s in stats)
+
+
+class _CountsX:
+    """A stand-in classifier: probability 1 for a text with at least five words "x", else 0."""
+
+    def predict_proba(self, texts):
+        import numpy as np
+
+        return np.array([float(t.split().count("x") >= 5) for t in texts])
+
+
+@pytest.mark.exercise("4.9")
+@pytest.mark.points(1)
+def test_classifier_stage_scores_whole_documents_or_windows(impl):
+    p = impl.data.pipeline
+    text = " ".join(["x"] * 20 + ["a"] * 80)  # 100 words: one dense stretch, then clean text
+    whole = p.Pipeline([p.classifier_stage(_CountsX(), 0.5, "noise")]).run([_doc(text)], progress=False)
+    windowed = p.Pipeline([p.classifier_stage(_CountsX(), 0.5, "noise", window_words=10)]).run([_doc(text)], progress=False)
+    assert whole[0] == [] and whole[1][0].reasons == {"noise >= 0.5": 1}  # the whole document has 20 x's
+    assert len(windowed[0]) == 1  # 2 of its 10 windows are noisy: mean 0.2 < 0.5
+    with pytest.raises(ValueError, match="window_words"):
+        p.classifier_stage(_CountsX(), window_words=0)

@@ -139,11 +139,30 @@ def quality_stage(rules: Sequence[quality.Rule] | None = None, name: str = "qual
     return Stage(name, apply)
 
 
-def classifier_stage(classifier: quality.TextClassifier, threshold: float = 0.5, name: str = "quality classifier") -> Stage:
-    """Drop documents that `classifier` gives a probability >= threshold (of being noise or hostile)."""
+def classifier_stage(
+    classifier: quality.TextClassifier,
+    threshold: float = 0.5,
+    name: str = "quality classifier",
+    window_words: int | None = None,
+) -> Stage:
+    """Drop documents that `classifier` gives a probability >= threshold (of being noise or hostile).
+
+    A classifier trained on short windows (the chapter's are 80 words) judges a whole play or module
+    badly: its features are summed over far more text than it ever saw. With `window_words`, a
+    document's score is instead the mean probability over its consecutive windows of that many words.
+    """
+    if window_words is not None and (not isinstance(window_words, int) or window_words < 1):
+        raise ValueError(f"window_words must be a positive int or None, got {window_words!r}")
+
+    def score(text: str) -> float:
+        if window_words is None:
+            return float(classifier.predict_proba([text])[0])
+        words = text.split()
+        windows = [" ".join(words[i : i + window_words]) for i in range(0, len(words), window_words)] or [text]
+        return float(np.mean(classifier.predict_proba(windows)))
 
     def apply(document: Document) -> Document | str:
-        return f"{name} >= {threshold}" if classifier.predict_proba([document.text])[0] >= threshold else document
+        return f"{name} >= {threshold}" if score(document.text) >= threshold else document
 
     return Stage(name, apply)
 
