@@ -1,12 +1,17 @@
-"""Where the course's code runs and how it is made repeatable: device choice and seeding.
+"""Where the course's code runs and how it is made repeatable: device choice, seeding, atomic files.
 
 Every chapter runs on the CPU in float32 by default and uses a GPU when one is there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -42,3 +47,31 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temporary file beside `path` for writing; on success it replaces `path` in one rename.
+
+    A crash or an exception inside the `with` block leaves `path` as it was (or absent) and removes
+    the temporary file, so readers never see half a file. The parent folder is created if needed;
+    the finished file is flushed to disk and readable by everyone (0644), like files pip installs.
+
+        with atomic_write("out/corpus.txt", "w", encoding="utf-8") as file:
+            file.write(text)
+    """
+    if "w" not in mode:
+        raise ValueError(f"mode must be a writing mode such as 'w' or 'wb', got {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, mode, encoding=encoding, newline="" if "b" not in mode else None) as file:
+            yield file
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

@@ -20,7 +20,6 @@ import json
 import math
 import operator
 import os
-import tempfile
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from functools import lru_cache
@@ -31,6 +30,7 @@ from typing import BinaryIO
 
 import regex
 
+from reference.runtime import atomic_write
 from reference.validation import check_int
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -466,15 +466,8 @@ class Tokenizer:
             "merges": [[first.hex(), second.hex()] for first, second in self.merges],
         }
         target = Path(path)
-        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                json.dump(state, file, ensure_ascii=False)
-            os.chmod(temporary, 0o644)  # mkstemp makes it private; a saved tokenizer is meant to be shared
-            os.replace(temporary, target)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        with atomic_write(target, "w", encoding="utf-8") as file:
+            json.dump(state, file, ensure_ascii=False)
         return target
 
     @classmethod

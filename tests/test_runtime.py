@@ -36,3 +36,21 @@ def test_seed_everything_repeats_every_generator():
     assert draw() == draw()
     with pytest.raises(ValueError, match="seed"):
         seed_everything(-1)
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    from reference.runtime import atomic_write
+
+    target = tmp_path / "sub" / "out.txt"
+    with atomic_write(target, "w", encoding="utf-8") as file:
+        file.write("first")
+    assert target.read_text() == "first" and (target.stat().st_mode & 0o777) == 0o644
+    with pytest.raises(RuntimeError, match="midway"):
+        with atomic_write(target, "wb") as file:
+            file.write(b"half")
+            raise RuntimeError("midway")
+    assert target.read_text() == "first", "a failed write leaves the old file"
+    assert [p.name for p in target.parent.iterdir()] == ["out.txt"], "no temporary file left behind"
+    with pytest.raises(ValueError, match="mode"):
+        with atomic_write(target, "r"):
+            pass

@@ -27,11 +27,11 @@ import os
 import random
 import re
 import sysconfig
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from reference.runtime import atomic_write
 from reference.validation import check_int
 
 SOURCES: tuple[str, ...] = ("books", "prose", "code")
@@ -333,17 +333,8 @@ def write_corpus(documents: Sequence[Document], path: str | os.PathLike, separat
             raise ValueError(f"documents[{i}] ({document.title!r}) contains the separator {separator!r}")
         texts.append(document.text)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            file.write(separator.join(texts))
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as file:
+        file.write(separator.join(texts))
     return path
 
 

@@ -29,12 +29,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from reference.data import corpus
-from reference.runtime import seed_everything
+from reference.runtime import atomic_write, seed_everything
 from reference.tokenizer import Tokenizer, train_tokenizer
 from reference.training.data import open_tokens, tokenize_to_memmap
 from reference.training.trainer import TrainConfig, build_model, evaluate, train
@@ -71,16 +70,9 @@ RECIPES: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(tmp, 0o644)  # package data: readable by everyone, like the files pip installs
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_bytes(path: Path, data: bytes) -> None:
+    with atomic_write(path, "wb") as file:
+        file.write(data)
 
 
 def split_documents(documents: list[corpus.Document]) -> tuple[list[corpus.Document], list[corpus.Document]]:
@@ -92,10 +84,9 @@ def split_documents(documents: list[corpus.Document]) -> tuple[list[corpus.Docum
     return train_docs, val_docs
 
 
-def course_tokenizer(work: Path, mix_bytes: int = MIX_BYTES) -> Tokenizer:
-    """Write the training mixture to `work/train.txt` and train the course's BPE tokenizer on it
-    (VOCAB_SIZE ids, SPECIAL_TOKENS)."""
-    train_docs, _ = split_documents(corpus.load_corpus())
+def course_tokenizer(train_docs: list[corpus.Document], work: Path, mix_bytes: int = MIX_BYTES) -> Tokenizer:
+    """Write the training mixture of `train_docs` to `work/train.txt` and train the course's BPE
+    tokenizer on it (VOCAB_SIZE ids, SPECIAL_TOKENS)."""
     mixture = corpus.mix(train_docs, MIXTURE, mix_bytes, seed=0)
     corpus.write_corpus(mixture, work / "train.txt", SEPARATOR)
     return train_tokenizer(work / "train.txt", VOCAB_SIZE, SPECIAL_TOKENS)
@@ -112,7 +103,7 @@ def save_weights(model: nn.Module, path: Path, dtype: torch.dtype = torch.bfloat
             continue
         seen.add(tensor.data_ptr())
         tensors[name] = tensor.detach().to(dtype).contiguous()
-    _atomic_write_bytes(path, save(tensors))
+    _write_bytes(path, save(tensors))
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -192,11 +183,11 @@ def build_asset(
     seed_everything(0)
     with tempfile.TemporaryDirectory(prefix=f"build-{name}-") as tmp:
         work = Path(tmp)
-        tokenizer = course_tokenizer(work, mix_bytes)
+        train_docs, val_docs = split_documents(corpus.load_corpus())
+        tokenizer = course_tokenizer(train_docs, work, mix_bytes)
         if tokenizer.vocab_size != VOCAB_SIZE:
             raise ValueError(f"mix_bytes={mix_bytes} is too little text to learn {VOCAB_SIZE} tokens "
                              f"(BPE ran out of pairs at {tokenizer.vocab_size})")
-        train_docs, val_docs = split_documents(corpus.load_corpus())
         corpus.write_corpus(corpus.mix(val_docs, MIXTURE, VALIDATION_BYTES, seed=1), work / "val.txt", SEPARATOR)
         train_tokens = tokenize_to_memmap(tokenizer, work / "train.txt", work / "train.bin", tokenizer.vocab_size)
         val_tokens = tokenize_to_memmap(tokenizer, work / "val.txt", work / "val.bin", tokenizer.vocab_size)
@@ -230,9 +221,9 @@ def build_asset(
         save_weights(model, out / "model.safetensors")
         tokenizer.save(out / "tokenizer.json")
         card["samples"] = samples(load_weights(build_model(recipe["model"]), out / "model.safetensors").eval(), tokenizer)
-        _atomic_write_bytes(out / "config.json", (json.dumps(card, indent=2) + "\n").encode("utf-8"))
+        _write_bytes(out / "config.json", (json.dumps(card, indent=2) + "\n").encode("utf-8"))
         log = (work / "run" / "log.jsonl").read_bytes()
-        _atomic_write_bytes(out / "log.jsonl", log)
+        _write_bytes(out / "log.jsonl", log)
     return card
 
 

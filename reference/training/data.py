@@ -11,7 +11,6 @@ so the operating system pages in only the windows that batches touch, and sample
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -21,6 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
+from reference.runtime import atomic_write
 from reference.validation import check_int
 
 
@@ -106,23 +106,17 @@ def tokenize_to_memmap(
     dtype = token_dtype(vocab_size)
     check_int("chunk_tokens", chunk_tokens, 1)
     out_path = Path(out_path)
-    handle, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     count = 0
-    try:
-        with os.fdopen(handle, "wb") as out, open(text_path, encoding="utf-8") as text:
-            buffer: list[int] = []
-            for token in tokenizer.encode_iterable(text):
-                buffer.append(token)
-                if len(buffer) >= chunk_tokens:
-                    count += _write_ids(out, buffer, dtype, vocab_size)
-                    buffer.clear()
-            count += _write_ids(out, buffer, dtype, vocab_size)
+    with atomic_write(out_path, "wb") as out, open(text_path, encoding="utf-8") as text:
+        buffer: list[int] = []
+        for token in tokenizer.encode_iterable(text):
+            buffer.append(token)
+            if len(buffer) >= chunk_tokens:
+                count += _write_ids(out, buffer, dtype, vocab_size)
+                buffer.clear()
+        count += _write_ids(out, buffer, dtype, vocab_size)
         if count == 0:
             raise ValueError(f"text_path {str(text_path)!r} gave no tokens")
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return open_tokens(out_path, dtype)
 
 

@@ -217,23 +217,19 @@ def evaluate(
     seed: int = 0,
     config: TrainConfig | None = None,
 ) -> float:
-    """Mean next-token loss over `num_batches` random batches of `data`, the same batches for the same seed.
+    """Mean loss over `num_batches` random batches of `data`, the same batches for the same seed.
 
-    With a `config`, the loss of its objective instead (`batch_loss`; masked LM for "mlm").
+    The loss is next-token prediction, or the objective of `config` when one is given (`batch_loss`;
+    masked LM for "mlm"); `batch_size` and `context_length` always come from the arguments.
 
     Runs in eval mode (no dropout) and restores the model's mode afterwards; draws from its own
     generator, so evaluating does not change the training run's batches.
     """
     was_training = model.training
     model.eval()
+    objective = dataclasses.replace(config or TrainConfig(), batch_size=batch_size, context_length=context_length)
     generator = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in range(num_batches):
-        if config is not None:
-            losses.append(batch_loss(model, config, data, device, generator).item())
-            continue
-        inputs, targets = get_batch(data, batch_size, context_length, device, generator)
-        losses.append(cross_entropy(model(inputs), targets).item())
+    losses = [batch_loss(model, objective, data, device, generator).item() for _ in range(num_batches)]
     model.train(was_training)
     return sum(losses) / len(losses)
 
