@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
+from reference.runtime import progress as progress_bar
 
 from reference.attention import MultiHeadAttention, causal_mask
 from reference.models.parts import Block, RMSNorm, SwiGLU, check_token_ids, init_weights
@@ -108,7 +108,7 @@ def train_decoder(
     )
     model.train()
     losses = []
-    for _ in tqdm(range(steps), desc=getattr(model, "scheme", "training"), disable=not progress, leave=False):
+    for _ in progress_bar(range(steps), desc=getattr(model, "scheme", "training"), disable=not progress, leave=False):
         inputs, targets = random_windows(data, context_length, batch_size, generator)
         loss = F.cross_entropy(model(inputs).flatten(0, 1), targets.flatten())
         optimizer.zero_grad(set_to_none=True)
@@ -145,7 +145,7 @@ def length_extrapolation(
     of the longest it can run).
     """
     results: dict[str, dict[str, object]] = {}
-    bar = tqdm(schemes, desc="training and evaluating", disable=not progress)
+    bar = progress_bar(schemes, desc="training and evaluating", disable=not progress)
     for scheme in bar:
         bar.set_postfix(scheme=scheme)
         torch.manual_seed(seed)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm.auto import tqdm
+from reference.runtime import progress as progress_bar
 
 from reference.data import dedup, privacy, quality, toxicity
 from reference.data.corpus import Document
@@ -96,7 +96,7 @@ class Pipeline:
             stats = StageStats(stage.name)
             examples_by_outcome: dict[str, list[str]] = defaultdict(list)
             kept = []
-            for document in tqdm(current, desc=stage.name, disable=not progress, leave=False):
+            for document in progress_bar(current, desc=stage.name, disable=not progress, leave=False):
                 stats.documents_in += 1
                 stats.words_in += len(document.text.split())
                 stats.bytes_in += len(document.text.encode("utf-8"))

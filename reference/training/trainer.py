@@ -34,9 +34,9 @@ import numpy.typing as npt
 import torch
 from matplotlib.figure import Figure
 from torch import nn
-from tqdm import tqdm
 
 from reference.runtime import pick_device, seed_everything
+from reference.runtime import progress as progress_bar
 from reference.training.checkpoint import load_checkpoint, save_checkpoint
 from reference.training.data import get_batch, open_tokens
 from reference.training.numerics import (
@@ -311,7 +311,7 @@ def train(
     params = [p for group in optimizer.param_groups for p in group["params"]]
     result = TrainResult(start, [], [], "max_iters", 0, 0.0, log_path, checkpoint_path)
     began = time.perf_counter()
-    bar = tqdm(total=config.max_iters, initial=start, disable=not config.progress, unit="it", dynamic_ncols=True)
+    bar = progress_bar(total=config.max_iters, initial=start, disable=not config.progress, unit="it", dynamic_ncols=True)
 
     def evaluate_and_log() -> None:
         loss = evaluate(model, val_data, config.batch_size, config.context_length, config.eval_batches, device,
