@@ -211,7 +211,7 @@ def length_extrapolation(
 
 # --- the command: several seeds, one JSON file ---------------------------------------------------
 
-DEFAULTS = {"context_length": 64, "factors": [1, 2, 4], "steps": 400, "d_model": 64, "num_layers": 2,
+DEFAULTS = {"context_length": 64, "factors": [1, 2, 4], "steps": 200, "d_model": 64, "num_layers": 2,
             "num_heads": 4, "batch_size": 16, "lr": 3e-3, "num_windows": 64}
 
 
