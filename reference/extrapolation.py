@@ -222,9 +222,10 @@ def load_bytes(train_bytes: int = 1_000_000, val_bytes: int = 300_000) -> tuple[
     check_int("train_bytes", train_bytes, 1)
     check_int("val_bytes", val_bytes, 1)
     plays = corpus.load_source("books")
-    tokens = byte_tokens("\n".join(doc.text for doc in plays))
-    if tokens.numel() < train_bytes + val_bytes:
-        raise ValueError(f"train_bytes + val_bytes = {train_bytes + val_bytes} exceeds the corpus ({tokens.numel()} bytes)")
+    data = "\n".join(doc.text for doc in plays).encode("utf-8")
+    if len(data) < train_bytes + val_bytes:
+        raise ValueError(f"train_bytes + val_bytes = {train_bytes + val_bytes} exceeds the corpus ({len(data)} bytes)")
+    tokens = torch.frombuffer(bytearray(data[: train_bytes + val_bytes]), dtype=torch.uint8).long()  # = byte_tokens, sliced first
     about = {"source": "reference.data.corpus.load_source('books'), documents joined by newlines, UTF-8 bytes",
              "plays": len(plays), "train_bytes": [0, train_bytes], "val_bytes": [train_bytes, train_bytes + val_bytes]}
     return tokens[:train_bytes], tokens[train_bytes : train_bytes + val_bytes], about
