@@ -61,3 +61,38 @@ def test_the_stored_results_are_the_full_experiment():
     assert set(result["summary"]) == set(SCHEMES)
     assert result["config"]["context_length"] * max(result["config"]["factors"]) == 256
     assert result["machine"]["wall_seconds"] > 0
+
+
+def test_the_sinusoidal_table_starts_at_the_scale_of_the_token_embeddings():
+    """The fairness fix: neither the table nor the tokens swamp the other at initialisation."""
+    import torch
+
+    from reference.extrapolation import PositionalDecoder
+    from reference.positional import sinusoidal_encoding
+
+    torch.manual_seed(0)
+    model = PositionalDecoder(256, 64, 1, 4, 128, "sinusoidal", 64)
+    tokens = model.token_embeddings.weight.pow(2).mean().sqrt().item()
+    table = (model.sinusoidal_scale * sinusoidal_encoding(64, 64)).pow(2).mean().sqrt().item()
+    assert table == pytest.approx(tokens, rel=0.1)
+    learned = PositionalDecoder(256, 64, 1, 4, 128, "learned", 64)
+    positions = learned.position_embeddings(torch.arange(64)).pow(2).mean().sqrt().item()
+    assert positions == pytest.approx(table, rel=0.1), "sinusoidal and learned start at the same scale"
+
+
+@pytest.mark.parametrize("scheme", ["rope", "learned"])
+def test_prefixes_of_the_long_windows_score_like_short_windows_at_the_same_starts(scheme):
+    """Why every length can be scored on one set of windows: a causal model's loss at position i ignores what follows."""
+    import torch
+
+    from reference.extrapolation import PositionalDecoder, byte_tokens, loss_by_position
+
+    torch.manual_seed(0)
+    model = PositionalDecoder(256, 16, 1, 2, 32, scheme, 8)
+    data = byte_tokens("the quick brown fox jumps over the lazy dog. " * 10)
+    prefix = loss_by_position(model, data, 8, num_windows=4, window_length=16)
+    assert prefix.shape == (8,)
+    if scheme != "learned":
+        torch.testing.assert_close(prefix, loss_by_position(model, data, 16, num_windows=4)[:8])
+    with pytest.raises(ValueError, match="window_length"):
+        loss_by_position(model, data, 8, window_length=4)
