@@ -36,7 +36,7 @@ def test_environment_yml_agrees_with_pyproject():
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     project = PYPROJECT["project"]
-    wanted = _requirements(project["dependencies"] + project["optional-dependencies"]["dev"])
+    wanted = _requirements(project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra])
     assert _requirements([line for line in pip_section if not line.startswith("-e")]) == wanted
     assert "-e ." in pip_section
     python = next(d for d in conda if d.startswith("python"))
