@@ -142,7 +142,9 @@ def test_readme_chapter_table_and_commands():
     assert table.group(1).strip() == catalog.markdown_table(), "README's chapter table: run `llm-course list --markdown`"
     assert "make lab" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
-    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == ["make test"]
+    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == [
+        "make test", "make test-browser"]
+    assert "set -euo pipefail" in ci
 
 
 @pytest.mark.parametrize("module", sorted({ex.module for ch in catalog.CHAPTERS for ex in ch.exercises}))
