@@ -396,7 +396,7 @@ def screenshot_notebook(page, path: Path, max_height: int = 16000) -> None:
     """The whole notebook in one image (up to `max_height` pixels): the page is made as tall as the notebook."""
     height = page.evaluate(
         "() => { const o = document.querySelector('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer');"
-        " return o ? o.scrollHeight : 0; }"
+        " if (!o) return 0; o.scrollTop = 0; return o.scrollHeight; }"
     )
     size = page.viewport_size
     page.set_viewport_size({"width": size["width"], "height": max(size["height"], min(height + 200, max_height))})

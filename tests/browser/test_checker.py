@@ -50,7 +50,11 @@ NOTEBOOKS = {
         new_markdown_cell(r"# Clean" "\n\n" r"Inline $q \cdot k / \sqrt{d}$ and displayed $$\frac{a}{b} = \sum_i x_i.$$"),
         _code('print("hello")', 1, new_output("stream", name="stdout", text="hello\n")),
         _code("1 + 1", 2, new_output("execute_result", data={"text/plain": "2"}, execution_count=2)),
-        _code("plot()", 3, new_output("display_data", data={"image/png": _png(), "text/plain": "<Figure>"})),
+        _code(
+            "import matplotlib.pyplot as plt\nplt.plot([0, 1], [0, 1])\nplt.show()",
+            3,
+            new_output("display_data", data={"image/png": _png(), "text/plain": "<Figure>"}),
+        ),
     ),
     "stored_error": lambda: _notebook(
         _code('print("before")', 1, new_output("stream", name="stdout", text="before\n")),
