@@ -1,4 +1,4 @@
-# Understanding LLMs — the two commands of the quick start:
+# Understanding LLMs — the commands of the quick start:
 #   make lab    set up .venv if it is missing, then open JupyterLab on chapters/
 #   make test   set up .venv if it is missing, then run every test and every chapter notebook
 #   make test-browser   every chapter opened (0 and 1 also run) in JupyterLab in headless Chromium

@@ -124,14 +124,17 @@ class LabServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"jupyter lab exited with {self.process.returncode}:\n{self.log()}")
+                message = f"jupyter lab exited with {self.process.returncode}:\n{self.log()}"
+                self.stop()
+                raise RuntimeError(message)
             try:
                 self.api("GET", "status")
                 return self
             except (urllib.error.URLError, ConnectionError, OSError):
                 time.sleep(0.5)
+        message = f"jupyter lab did not answer within {self.startup_timeout:.0f} s:\n{self.log()}"
         self.stop()
-        raise TimeoutError(f"jupyter lab did not answer within {self.startup_timeout:.0f} s:\n{self.log()}")
+        raise TimeoutError(message)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:] if self.log_path and self.log_path.exists() else ""
@@ -151,12 +154,18 @@ class LabServer:
         except (psutil.NoSuchProcess, AttributeError):
             return []
 
-    def shut_down_kernels(self) -> None:
-        """End every session and kernel, e.g. between two chapters."""
+    def shut_down_kernels(self) -> list[str]:
+        """End every session and kernel, e.g. between two chapters; returns the processes that outlived them.
+
+        A kernel's own children (a subprocess a notebook started) must end with it; any still alive
+        10 s later is killed and reported.
+        """
+        children = self.kernel_processes()
         for session in self.api("GET", "sessions"):
             self.api("DELETE", f"sessions/{session['id']}")
         for kernel in self.api("GET", "kernels"):
             self.api("DELETE", f"kernels/{kernel['id']}")
+        return _reap(children, "its kernel")
 
     def stop(self) -> list[str]:
         """Stop the server by its process id, then any process it left; returns what had to be killed."""
@@ -176,10 +185,7 @@ class LabServer:
                 leftovers.append(f"jupyter lab (pid {self.process.pid}) ignored SIGTERM")
                 self.process.kill()
                 self.process.wait(timeout=30)
-        _, alive = psutil.wait_procs(children, timeout=10)
-        for proc in alive:
-            leftovers.append(f"pid {proc.pid} ({' '.join(proc.cmdline()[:4])}) outlived the server")
-            proc.kill()
+        leftovers += _reap(children, "the server")
         if self.home is not None:
             shutil.rmtree(self.home, ignore_errors=True)
         self.process = None
@@ -190,6 +196,19 @@ class LabServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _reap(processes: list[psutil.Process], owner: str, timeout: float = 10.0) -> list[str]:
+    """Wait for `processes` to end; kill and describe those still alive after `timeout` seconds."""
+    _, alive = psutil.wait_procs(processes, timeout=timeout)
+    described = []
+    for proc in alive:
+        try:
+            described.append(f"pid {proc.pid} ({' '.join(proc.cmdline()[:4])}) outlived {owner}")
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return described
 
 
 def launch_chromium(playwright, user_data_dir: Path):

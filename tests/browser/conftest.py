@@ -58,6 +58,14 @@ def chapters_server():
 
 
 @pytest.fixture
+def chapter_server(chapters_server):
+    """The chapters' server for one test; afterwards its kernels are shut down and none may leave a process."""
+    yield chapters_server
+    leftovers = chapters_server.shut_down_kernels()
+    assert not leftovers, f"processes outlived their kernel: {leftovers}"
+
+
+@pytest.fixture
 def page(browser):
     page = browser.new_page()
     yield page

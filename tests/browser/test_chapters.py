@@ -40,25 +40,23 @@ def _id(notebook) -> str:
 
 
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=_id)
-def test_stored_outputs_render(notebook, chapters_server, page, artifacts):
+def test_stored_outputs_render(notebook, chapter_server, page, artifacts):
     started = time.monotonic()
-    lab.open_notebook(page, chapters_server, notebook.name)
+    lab.open_notebook(page, chapter_server, notebook.name)
     problems = lab.stored_output_problems(page)
     time.sleep(1.0)  # the news question shows shortly after the lab has loaded
     popup = lab.news_popup(page)
     lab.screenshot_notebook(page, artifacts / f"{notebook.stem}.png")
-    chapters_server.shut_down_kernels()
     print(f"{notebook.name}: opened and checked in {time.monotonic() - started:.1f} s")
     assert popup is None, f"JupyterLab's news popup shows ({popup!r}): the course's lab settings should turn it off"
     assert not problems, f"{notebook.name} shows:\n" + "\n".join(problems)
 
 
 @pytest.mark.parametrize("notebook", [nb for nb in CHAPTERS if int(nb.name[:2]) in run_set()], ids=_id)
-def test_run_all_cells(notebook, chapters_server, page, artifacts):
-    lab.open_notebook(page, chapters_server, notebook.name)
+def test_run_all_cells(notebook, chapter_server, page, artifacts):
+    lab.open_notebook(page, chapter_server, notebook.name)
     seconds = lab.run_all(page, timeout=RUN_TIMEOUT_S)
     problems = lab.run_problems(page)
     lab.screenshot_notebook(page, artifacts / f"{notebook.stem}.run.png")
-    chapters_server.shut_down_kernels()
     print(f"{notebook.name}: Run All Cells took {seconds:.1f} s")
     assert not problems, f"{notebook.name}, Run All Cells:\n" + "\n".join(problems)

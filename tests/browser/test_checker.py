@@ -95,52 +95,58 @@ def broken_server(tmp_path_factory):
     assert not server.stop(), "processes left after the server stopped"
 
 
+@pytest.fixture
+def server(broken_server):
+    yield broken_server
+    assert not broken_server.shut_down_kernels(), "processes outlived their kernel"
+
+
 def _open(page, server, name: str) -> list[str]:
     lab.open_notebook(page, server, f"{name}.ipynb")
     return lab.stored_output_problems(page)
 
 
-def test_a_clean_notebook_passes_both_checks(broken_server, page, artifacts):
-    assert _open(page, broken_server, "clean") == []
+def test_a_clean_notebook_passes_both_checks(server, page, artifacts):
+    assert _open(page, server, "clean") == []
     assert page.locator("mjx-container").count() == 2, "both formulas typeset"
     lab.run_all(page, timeout=120)
     lab.screenshot_notebook(page, artifacts / "checker.clean.run.png")
     assert lab.run_problems(page) == []
 
 
-def test_a_stored_error_is_flagged(broken_server, page):
-    problems = _open(page, broken_server, "stored_error")
+def test_a_stored_error_is_flagged(server, page):
+    problems = _open(page, server, "stored_error")
     assert any("error output ZeroDivisionError" in p for p in problems), problems
 
 
-def test_a_stored_stderr_box_is_flagged(broken_server, page):
-    problems = _open(page, broken_server, "stored_stderr")
+def test_a_stored_stderr_box_is_flagged(server, page):
+    problems = _open(page, server, "stored_stderr")
     assert any("stderr box" in p for p in problems), problems
     assert any("stderr output" in p for p in problems), problems
 
 
-def test_an_image_that_does_not_load_is_flagged(broken_server, page):
-    problems = _open(page, broken_server, "broken_image")
+def test_an_image_that_does_not_load_is_flagged(server, page):
+    problems = _open(page, server, "broken_image")
     assert any("image did not load" in p for p in problems), problems
 
 
-def test_maths_that_does_not_typeset_is_flagged(broken_server, page, artifacts):
-    problems = _open(page, broken_server, "broken_maths")
+def test_maths_that_does_not_typeset_is_flagged(server, page, artifacts):
+    problems = _open(page, server, "broken_maths")
     lab.screenshot_notebook(page, artifacts / "checker.broken_maths.png")
     assert any(p.startswith("cell 0: maths") for p in problems), problems
     assert any(p.startswith("cell 1: maths") for p in problems), problems
 
 
-def test_run_all_flags_an_error_and_the_cells_it_stopped(broken_server, page):
-    _open(page, broken_server, "stored_error")
+def test_run_all_flags_an_error_and_the_cells_it_stopped(server, page):
+    _open(page, server, "stored_error")
     lab.run_all(page, timeout=120)
     problems = lab.run_problems(page)
     assert any(p.startswith("cell 1: ZeroDivisionError") for p in problems), problems
     assert "cell 2: did not run" in problems, problems
 
 
-def test_run_all_flags_stderr(broken_server, page):
-    _open(page, broken_server, "stored_stderr")
+def test_run_all_flags_stderr(server, page):
+    _open(page, server, "stored_stderr")
     lab.run_all(page, timeout=120)
     assert any(p.startswith("cell 0: wrote to stderr") for p in lab.run_problems(page))
 
