@@ -3,7 +3,8 @@
 `make test-browser` runs these (plain `pytest` deselects the `browser` marker). A chapter fails when its
 stored outputs show an error, a stderr box, an image that does not load or maths that did not typeset,
 when JupyterLab's news popup covers it, or, for the chapters in LLM_COURSE_BROWSER_RUN (default 0 and 1),
-when Run > Run All Cells leaves a cell not run or ending in an error. Screenshots: tests/browser/artifacts/.
+when Run > Run All Cells leaves a cell not run, ending in an error or writing to stderr (a progress
+bar drawn while it runs excepted). Screenshots: tests/browser/artifacts/.
 """
 
 from __future__ import annotations

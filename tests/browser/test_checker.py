@@ -3,7 +3,8 @@
 Small notebooks written to a temporary folder, served by their own JupyterLab: a clean one the
 checks pass, and one each with a stored error, a stored stderr box, an image that cannot load and
 maths that cannot typeset. Run All on the erroring one and on one that writes to stderr is flagged
-too, and so is the news popup in a lab without the course's settings.
+too (a progress bar drawn while a cell runs is not), and so is the news popup in a lab without the
+course's settings.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_outp
 
 import browser_lab as lab  # tests/browser/, which pytest puts on sys.path
 
-pytestmark = pytest.mark.browser
 
 
 def _png() -> str:
@@ -75,6 +75,10 @@ NOTEBOOKS = {
             new_output("stream", name="stderr", text="\r 50%|#####     | 1/2"),
         ),
     ),
+    "live_stderr": lambda: _notebook(
+        _code("from tqdm import tqdm\nfor _ in tqdm(range(3), desc='steps'):\n    pass", 1),
+        _code("import warnings\nwarnings.warn('something the learner should not see')", 2),
+    ),
     "broken_image": lambda: _notebook(
         _code("plot()", 1, new_output("display_data", data={"image/png": "iVBORw0KGgoAAAAN", "text/plain": "<Figure>"})),
     ),
@@ -106,6 +110,7 @@ def _open(page, server, name: str) -> list[str]:
     return lab.stored_output_problems(page)
 
 
+@pytest.mark.browser
 def test_a_clean_notebook_passes_both_checks(server, page, artifacts):
     assert _open(page, server, "clean") == []
     assert page.locator("mjx-container").count() == 2, "both formulas typeset"
@@ -114,22 +119,26 @@ def test_a_clean_notebook_passes_both_checks(server, page, artifacts):
     assert lab.run_problems(page) == []
 
 
+@pytest.mark.browser
 def test_a_stored_error_is_flagged(server, page):
     problems = _open(page, server, "stored_error")
     assert any("error output ZeroDivisionError" in p for p in problems), problems
 
 
+@pytest.mark.browser
 def test_a_stored_stderr_box_is_flagged(server, page):
     problems = _open(page, server, "stored_stderr")
     assert any("stderr box" in p for p in problems), problems
     assert any("stderr output" in p for p in problems), problems
 
 
+@pytest.mark.browser
 def test_an_image_that_does_not_load_is_flagged(server, page):
     problems = _open(page, server, "broken_image")
     assert any("image did not load" in p for p in problems), problems
 
 
+@pytest.mark.browser
 def test_maths_that_does_not_typeset_is_flagged(server, page, artifacts):
     problems = _open(page, server, "broken_maths")
     lab.screenshot_notebook(page, artifacts / "checker.broken_maths.png")
@@ -137,6 +146,7 @@ def test_maths_that_does_not_typeset_is_flagged(server, page, artifacts):
     assert any(p.startswith("cell 1: maths") for p in problems), problems
 
 
+@pytest.mark.browser
 def test_run_all_flags_an_error_and_the_cells_it_stopped(server, page):
     _open(page, server, "stored_error")
     lab.run_all(page, timeout=120)
@@ -145,12 +155,25 @@ def test_run_all_flags_an_error_and_the_cells_it_stopped(server, page):
     assert "cell 2: did not run" in problems, problems
 
 
-def test_run_all_flags_stderr(server, page):
-    _open(page, server, "stored_stderr")
+@pytest.mark.browser
+def test_run_all_flags_stderr_but_not_a_live_progress_bar(server, page):
+    _open(page, server, "live_stderr")
     lab.run_all(page, timeout=120)
-    assert any(p.startswith("cell 0: wrote to stderr") for p in lab.run_problems(page))
+    problems = lab.run_problems(page)
+    assert any(p.startswith("cell 1: wrote to stderr") and "UserWarning" in p for p in problems), problems
+    assert not any(p.startswith("cell 0") for p in problems), problems  # cell 0 draws a bar: fine while running
+    assert any(p.startswith("cell 0: wrote to stderr") for p in lab.run_problems(page, allow_progress_bars=False))
 
 
+def test_progress_bars_are_told_from_other_stderr():  # no browser: runs in the plain suite too
+    assert lab.is_progress_bar("\r 40%|####      | 2/5 [00:01<00:02,  1.90it/s]\r100%|##########| 5/5 [00:02<00:00]\n")
+    assert lab.is_progress_bar("training: 100%|██████████| 5/5 [01:04<00:00, 12.99s/it, scheme=alibi]     \n")
+    assert lab.is_progress_bar("12it [00:01,  9.50it/s]")
+    assert not lab.is_progress_bar("/x.py:3: UserWarning: deprecated\n  warnings.warn('deprecated')\n")
+    assert not lab.is_progress_bar(" 40%|####      | 2/5\nTraceback (most recent call last):\n")
+
+
+@pytest.mark.browser
 def test_the_news_popup_is_seen_in_a_lab_without_the_course_settings(tmp_path, page):
     """Without the overrides that `make setup` installs, JupyterLab asks about news: the check sees it."""
     (tmp_path / "settings").mkdir()
