@@ -34,10 +34,17 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from einops import rearrange
+
+from reference.models.llama import TransformerLM
+from reference.positional import RotaryEmbedding, interleaved_to_half
+from reference.tokenizer import GPT2_PATTERN, PretrainedTokenizer
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)  # version 1 stored counts as uint32; llama.cpp has written version 3 since 2023
@@ -353,3 +360,261 @@ class GGUFFile:
 
     def __repr__(self) -> str:
         return f"GGUFFile({str(self.path)!r}, version={self.version}, {len(self.metadata)} keys, {len(self.tensors)} tensors)"
+
+
+# ----------------------------------------------------------------------------------------------
+# A llama.cpp "llama" file (SmolLM2, LLaMA 2-style models) into the course's TransformerLM
+# ----------------------------------------------------------------------------------------------
+
+# Metadata under "llama." that the course's TransformerLM can represent; any other key is refused.
+_LLAMA_KEYS = {
+    "context_length", "embedding_length", "block_count", "feed_forward_length", "attention.head_count",
+    "attention.head_count_kv", "attention.layer_norm_rms_epsilon", "rope.freq_base", "rope.dimension_count",
+    "vocab_size", "attention.key_length", "attention.value_length", "rope.scaling.type", "rope.scaling.factor",
+    "expert_count", "expert_used_count",
+}
+# GGUF tensor name -> the course's parameter name; {i} is the block's index.
+LLAMA_TENSOR_NAMES = {
+    "token_embd.weight": "token_embeddings.weight",
+    "output_norm.weight": "ln_final.weight",
+    "output.weight": "lm_head.weight",
+    "blk.{i}.attn_norm.weight": "layers.{i}.norm_attn.weight",
+    "blk.{i}.attn_q.weight": "layers.{i}.attn.q_proj.weight",
+    "blk.{i}.attn_k.weight": "layers.{i}.attn.k_proj.weight",
+    "blk.{i}.attn_v.weight": "layers.{i}.attn.v_proj.weight",
+    "blk.{i}.attn_output.weight": "layers.{i}.attn.out_proj.weight",
+    "blk.{i}.ffn_norm.weight": "layers.{i}.norm_ffn.weight",
+    "blk.{i}.ffn_gate.weight": "layers.{i}.ffn.w1.weight",  # SwiGLU: w2(silu(w1 x) * w3 x)
+    "blk.{i}.ffn_up.weight": "layers.{i}.ffn.w3.weight",
+    "blk.{i}.ffn_down.weight": "layers.{i}.ffn.w2.weight",
+}
+
+
+def llama_config(file: GGUFFile) -> dict[str, Any]:
+    """`TransformerLM`'s constructor arguments from a GGUF file's "llama.*" metadata.
+
+    Refuses, with a ValueError naming the key, what the course's model cannot represent: another
+    architecture, RoPE scaling, a rotary or key/value width other than d_model / num_heads, experts,
+    per-layer head counts, and any "llama.*" key this converter does not know (a sliding window,
+    logit soft-capping, ...), rather than building a silently different model.
+    """
+    meta = file.metadata
+    arch = meta.get("general.architecture")
+    if arch != "llama":
+        raise ValueError(f"general.architecture is {arch!r}; the course's TransformerLM reads 'llama' files only")
+    unknown = sorted(k for k in meta if k.startswith("llama.") and k.removeprefix("llama.") not in _LLAMA_KEYS)
+    if unknown:
+        raise ValueError(f"metadata {unknown[0]!r} = {meta[unknown[0]]!r} has no counterpart in the course's TransformerLM")
+
+    def need(key: str, default: Any = None) -> Any:
+        value = meta.get(f"llama.{key}", default)
+        if value is None:
+            raise ValueError(f"metadata 'llama.{key}' is missing")
+        if isinstance(value, list | str | bool):
+            raise ValueError(f"metadata 'llama.{key}' = {value!r}: expected one number")
+        return value
+
+    d_model, num_heads = need("embedding_length"), need("attention.head_count")
+    head_dim = d_model // num_heads if num_heads and d_model % num_heads == 0 else None
+    if head_dim is None:
+        raise ValueError(f"metadata 'llama.attention.head_count' = {num_heads} does not divide d_model = {d_model}")
+    for key in ("rope.dimension_count", "attention.key_length", "attention.value_length"):
+        if need(key, head_dim) != head_dim:
+            raise ValueError(f"metadata 'llama.{key}' = {meta[f'llama.{key}']} differs from d_model / heads = {head_dim}")
+    scaling = meta.get("llama.rope.scaling.type", "none")
+    if scaling != "none":
+        raise ValueError(f"metadata 'llama.rope.scaling.type' = {scaling!r}: the course's RoPE has no scaling")
+    if need("rope.scaling.factor", 1.0) != 1.0:
+        raise ValueError(f"metadata 'llama.rope.scaling.factor' = {meta['llama.rope.scaling.factor']}: no RoPE scaling")
+    for key in ("expert_count", "expert_used_count"):
+        if need(key, 0) != 0:
+            raise ValueError(f"metadata 'llama.{key}' = {meta[f'llama.{key}']}: the course's model has no experts")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    vocab_size = need("vocab_size", len(tokens) if isinstance(tokens, list) else None)
+    return dict(
+        vocab_size=vocab_size,
+        context_length=need("context_length"),
+        d_model=d_model,
+        num_layers=need("block_count"),
+        num_heads=num_heads,
+        d_ff=need("feed_forward_length"),
+        rope_theta=float(need("rope.freq_base", 10000.0)),
+        num_kv_heads=need("attention.head_count_kv", num_heads),
+        eps=float(need("attention.layer_norm_rms_epsilon")),
+        tie_embeddings="output.weight" not in file.tensors,
+    )
+
+
+def unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's reordering of a query or key projection for its RoPE layout.
+
+    llama.cpp rotates pairs of adjacent dimensions (2i, 2i+1) of each head (the interleaved layout
+    of Meta's LLaMA), so its converter reorders the rows of Hugging Face's W_q and W_k, which
+    rotate dimensions (i, i + head_dim/2) (the half layout), within each head. The course's
+    TransformerLM uses the half layout, so each head's rows go back through Chapter 2's
+    `interleaved_to_half`.
+
+    Args:
+        weight: (num_heads * head_dim, d_in), rows in the interleaved order.
+        num_heads: heads in this projection (the key/value heads for W_k).
+
+    Returns:
+        (num_heads * head_dim, d_in), rows in the half order.
+    """
+    per_head = rearrange(weight, "(h d) i -> h i d", h=num_heads)  # (heads, d_in, head_dim)
+    return rearrange(interleaved_to_half(per_head), "h i d -> (h d) i").contiguous()
+
+
+def llama_state_dict(file: GGUFFile, config: dict[str, Any] | None = None) -> dict[str, torch.Tensor]:
+    """The course's parameters {name: float32 tensor} from a GGUF file's tensors (see `LLAMA_TENSOR_NAMES`).
+
+    Every tensor of the file must map to a parameter of the shape `config` implies (bias tensors,
+    "rope_freqs.weight" and any other name are refused by name), and every parameter must be
+    found; with tied embeddings the file has no "output.weight" and `lm_head` shares the embedding.
+    """
+    config = llama_config(file) if config is None else config
+    d, layers, heads, kv = config["d_model"], config["num_layers"], config["num_heads"], config["num_kv_heads"]
+    head_dim, d_ff, vocab = d // heads, config["d_ff"], config["vocab_size"]
+    shapes = {
+        "token_embd.weight": (vocab, d), "output_norm.weight": (d,), "output.weight": (vocab, d),
+        "blk.{i}.attn_norm.weight": (d,), "blk.{i}.ffn_norm.weight": (d,),
+        "blk.{i}.attn_q.weight": (heads * head_dim, d), "blk.{i}.attn_k.weight": (kv * head_dim, d),
+        "blk.{i}.attn_v.weight": (kv * head_dim, d), "blk.{i}.attn_output.weight": (d, heads * head_dim),
+        "blk.{i}.ffn_gate.weight": (d_ff, d), "blk.{i}.ffn_up.weight": (d_ff, d), "blk.{i}.ffn_down.weight": (d, d_ff),
+    }
+    expected: dict[str, tuple[str, tuple[int, ...], int | None]] = {}  # gguf name -> (ours, shape, heads to unpermute)
+    for pattern, ours in LLAMA_TENSOR_NAMES.items():
+        if pattern == "output.weight" and config["tie_embeddings"]:
+            continue
+        permuted = heads if "attn_q" in pattern else kv if "attn_k" in pattern else None
+        for i in range(layers) if "{i}" in pattern else [None]:
+            expected[pattern.format(i=i)] = (ours.format(i=i), shapes[pattern], permuted)
+    unknown = [name for name in file.tensors if name not in expected]
+    if unknown:
+        raise ValueError(f"tensor {unknown[0]!r} has no counterpart in the course's TransformerLM")
+    missing = [name for name in expected if name not in file.tensors]
+    if missing:
+        raise ValueError(f"the file lacks tensor {missing[0]!r}")
+    state = {}
+    for name, (ours, shape, permuted) in expected.items():
+        if file.tensors[name].shape != shape:
+            raise ValueError(f"tensor {name!r} has shape {file.tensors[name].shape}; the config implies {shape}")
+        weight = torch.from_numpy(file.dequantize(name))
+        state[ours] = unpermute_rope_rows(weight, permuted) if permuted else weight
+    return state
+
+
+def load_llama(path: str | os.PathLike | GGUFFile, dtype: torch.dtype = torch.float32) -> TransformerLM:
+    """A `TransformerLM` in eval mode holding a llama.cpp "llama" GGUF file's weights, dequantized to `dtype`."""
+    file = path if isinstance(path, GGUFFile) else GGUFFile(path)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        raise ValueError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+    config = llama_config(file)
+    state = llama_state_dict(file, config)
+    with torch.device("meta"):  # no memory and no random initialisation: every weight comes from the file
+        model = TransformerLM(**config)
+    model.load_state_dict(state, strict=False, assign=True)
+    if config["tie_embeddings"]:
+        model.lm_head.weight = model.token_embeddings.weight
+    rope = RotaryEmbedding(config["d_model"] // config["num_heads"], config["rope_theta"], layout="half")
+    for layer in model.layers:  # the one RoPE table all layers share, built for real
+        layer.attn.positional = rope
+    left = [name for name, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise ValueError(f"the conversion left {left[0]!r} unset")
+    return model.to(dtype).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer a "gpt2" (byte-level BPE) GGUF file describes, as the course's PretrainedTokenizer
+# ----------------------------------------------------------------------------------------------
+
+# tokenizer.ggml.pre -> the pre-tokenizer's regular expressions, applied in turn (llama.cpp's
+# `regex_exprs` in llama-vocab.cpp). "smollm" (also StarCoder's) first cuts every digit off on its
+# own, then splits the rest with GPT-2's expression; llama.cpp's copy of that expression drops the
+# final "|\s+", which only matters for text it leaves unmatched, and unmatched text is kept as a
+# piece anyway, so GPT-2's full expression splits identically. This equals the `Digits(individual_
+# digits=True)` then `ByteLevel` pre-tokenizer of SmolLM2's own tokenizer.json.
+PRE_TOKENIZERS = {
+    "gpt2": (GPT2_PATTERN,),
+    "smollm": (r"\p{N}", GPT2_PATTERN),
+}
+_CONTROL, _USER_DEFINED, _NORMAL = 3, 4, 1  # llama.cpp's token types (llama_token_type)
+
+
+@lru_cache(maxsize=1)
+def unicode_to_byte() -> dict[str, int]:
+    """GPT-2's byte-level alphabet, read backwards: {printable character: the byte it stands for}.
+
+    GPT-2 (Radford et al., 2019) writes each token's bytes as printable characters so that its
+    vocabulary is text: the 188 bytes that are printable Latin-1 characters stand for themselves,
+    and the other 68 (control bytes, space, 0x7F-0xA0, 0xAD) become chr(256), chr(257), ... in
+    order, so a space is written "Ġ" (chr(288)) and a newline "Ċ".
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {chr(b): b for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def _token_bytes(token: str, index: int, token_type: int) -> bytes:
+    table = unicode_to_byte()
+    if all(ch in table for ch in token):
+        return bytes(table[ch] for ch in token)
+    if token_type in (_CONTROL, _USER_DEFINED):  # an added token stored as plain text
+        return token.encode("utf-8")
+    raise ValueError(f"tokenizer.ggml.tokens[{index}] = {token!r} is not written in GPT-2's byte alphabet")
+
+
+def tokenizer_from_gguf(file: GGUFFile) -> PretrainedTokenizer:
+    """The `PretrainedTokenizer` of a GGUF file whose tokenizer.ggml.model is "gpt2" (byte-level BPE).
+
+    Vocabulary, merges, special tokens (token types CONTROL and USER_DEFINED, matched whole), the
+    bos/eos/pad tokens and `tokenizer.chat_template` all come from the file's metadata; the
+    pre-tokenizer from `PRE_TOKENIZERS[tokenizer.ggml.pre]`. Refused by name: another tokenizer
+    model or pre-tokenizer, a file that asks for a BOS/EOS token or a space to be added to every text.
+    """
+    meta = file.metadata
+    if meta.get("tokenizer.ggml.model") != "gpt2":
+        raise ValueError(f"tokenizer.ggml.model is {meta.get('tokenizer.ggml.model')!r}; only 'gpt2' (byte-level BPE) is read")
+    pre = meta.get("tokenizer.ggml.pre")
+    if pre not in PRE_TOKENIZERS:
+        raise ValueError(f"tokenizer.ggml.pre is {pre!r}; the pre-tokenizers known here are {sorted(PRE_TOKENIZERS)}")
+    for key in ("tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"):
+        if meta.get(key, False):
+            raise ValueError(f"{key} is true; the course's tokenizer adds nothing to the text it encodes")
+    tokens, merges = meta.get("tokenizer.ggml.tokens"), meta.get("tokenizer.ggml.merges")
+    if not isinstance(tokens, list) or not isinstance(merges, list):
+        raise ValueError("the file lacks tokenizer.ggml.tokens or tokenizer.ggml.merges")
+    types = meta.get("tokenizer.ggml.token_type", [_NORMAL] * len(tokens))
+    if len(types) != len(tokens):
+        raise ValueError(f"tokenizer.ggml.token_type has {len(types)} entries for {len(tokens)} tokens")
+    odd = next((i for i, t in enumerate(types) if t not in (_NORMAL, _CONTROL, _USER_DEFINED)), None)
+    if odd is not None:
+        raise ValueError(f"tokenizer.ggml.token_type[{odd}] = {types[odd]}: only normal, control and user-defined tokens are read")
+    vocab = {i: _token_bytes(token, i, types[i]) for i, token in enumerate(tokens)}
+    special = {token: i for i, token in enumerate(tokens) if types[i] in (_CONTROL, _USER_DEFINED)}
+    table = unicode_to_byte()
+    pairs = []
+    for rank, merge in enumerate(merges):
+        parts = merge.split(" ")
+        if len(parts) != 2 or not all(parts) or not all(ch in table for ch in merge.replace(" ", "")):
+            raise ValueError(f"tokenizer.ggml.merges[{rank}] = {merge!r} is not two byte-level tokens")
+        pairs.append((bytes(table[ch] for ch in parts[0]), bytes(table[ch] for ch in parts[1])))
+
+    def named(key: str) -> str | None:
+        token_id = meta.get(f"tokenizer.ggml.{key}")
+        if token_id is None:
+            return None
+        if not 0 <= token_id < len(tokens) or tokens[token_id] not in special:
+            raise ValueError(f"tokenizer.ggml.{key} = {token_id} is not the id of a special token")
+        return tokens[token_id]
+
+    return PretrainedTokenizer(
+        vocab, pairs, special, patterns=PRE_TOKENIZERS[pre], chat_template=meta.get("tokenizer.chat_template"),
+        bos_token=named("bos_token_id"), eos_token=named("eos_token_id"), pad_token=named("padding_token_id"),
+    )
