@@ -32,6 +32,7 @@ tensors are stored plainly. Q4_0 costs 4.5 bits per weight, Q4_1 5, Q8_0 8.5.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from enum import IntEnum
 from functools import lru_cache
@@ -561,10 +562,25 @@ def unicode_to_byte() -> dict[str, int]:
     return table
 
 
-def _token_bytes(token: str, index: int, token_type: int) -> bytes:
+@lru_cache(maxsize=1)
+def _alphabet() -> tuple[re.Pattern, dict[int, str]]:
+    """A pattern matching strings of GPT-2's alphabet, and a `str.translate` table from it to Latin-1
+    characters, so that `text.translate(table).encode("latin-1")` gives the bytes (fast, in C)."""
     table = unicode_to_byte()
-    if all(ch in table for ch in token):
-        return bytes(table[ch] for ch in token)
+    pattern = re.compile("[" + "".join(re.escape(ch) for ch in table) + "]*")
+    return pattern, {ord(ch): chr(b) for ch, b in table.items()}
+
+
+def byte_level_to_bytes(token: str) -> bytes | None:
+    """The bytes a token written in GPT-2's alphabet stands for ("Ġthe" -> b" the"); None if it is not so written."""
+    pattern, translation = _alphabet()
+    return token.translate(translation).encode("latin-1") if pattern.fullmatch(token) else None
+
+
+def _token_bytes(token: str, index: int, token_type: int) -> bytes:
+    raw = byte_level_to_bytes(token)
+    if raw is not None:
+        return raw
     if token_type in (_CONTROL, _USER_DEFINED):  # an added token stored as plain text
         return token.encode("utf-8")
     raise ValueError(f"tokenizer.ggml.tokens[{index}] = {token!r} is not written in GPT-2's byte alphabet")
@@ -598,13 +614,12 @@ def tokenizer_from_gguf(file: GGUFFile) -> PretrainedTokenizer:
         raise ValueError(f"tokenizer.ggml.token_type[{odd}] = {types[odd]}: only normal, control and user-defined tokens are read")
     vocab = {i: _token_bytes(token, i, types[i]) for i, token in enumerate(tokens)}
     special = {token: i for i, token in enumerate(tokens) if types[i] in (_CONTROL, _USER_DEFINED)}
-    table = unicode_to_byte()
     pairs = []
     for rank, merge in enumerate(merges):
-        parts = merge.split(" ")
-        if len(parts) != 2 or not all(parts) or not all(ch in table for ch in merge.replace(" ", "")):
+        parts = [byte_level_to_bytes(part) for part in merge.split(" ")]
+        if len(parts) != 2 or not all(parts):
             raise ValueError(f"tokenizer.ggml.merges[{rank}] = {merge!r} is not two byte-level tokens")
-        pairs.append((bytes(table[ch] for ch in parts[0]), bytes(table[ch] for ch in parts[1])))
+        pairs.append((parts[0], parts[1]))
 
     def named(key: str) -> str | None:
         token_id = meta.get(f"tokenizer.ggml.{key}")
