@@ -258,3 +258,65 @@ def model_card_markdown(names: tuple[str, ...] = COURSE_MODELS) -> str:
             lines.append(f"- `{sample['prompt']!r}` → {shown}")
         lines.append("")
     return "\n".join(lines).strip()
+
+
+def measure_card(bytes_per_source: int = 20_000, window: int = 256) -> dict:
+    """Bits per byte of SmolLM2-135M-Instruct and llama-tiny, measured the same way on the same text:
+    the first `bytes_per_source` characters of each source's held-out documents (those that
+    `reference.training.assets` kept out of llama-tiny's training), `window` predicted tokens per
+    window (llama-tiny's context), float32 on the CPU. Also the time `load_pretrained` takes."""
+    import platform
+    import time
+
+    from reference.data.corpus import load_corpus
+    from reference.training.assets import split_documents
+
+    _, held_out = split_documents(load_corpus())
+    texts: dict[str, str] = {}
+    for doc in held_out:
+        if len(texts.get(doc.source, "")) < bytes_per_source:
+            texts[doc.source] = (texts.get(doc.source, "") + doc.text + "\n\n")[:bytes_per_source]
+    result: dict = {
+        "command": "python -m reference.pretrained",
+        "text": f"first {bytes_per_source:,} characters of each source's held-out documents "
+        "(reference.training.assets.split_documents)",
+        "window_tokens": window,
+        "bits_per_byte": {},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+                    "threads": torch.get_num_threads()},
+    }
+    for name in ("smollm2-135m-instruct", "llama-tiny"):
+        start, cpu = time.perf_counter(), time.process_time()
+        model, tokenizer = load_pretrained(name)
+        if name in GGUF_MODELS:
+            result["load_seconds"] = {"wall": round(time.perf_counter() - start, 2), "cpu": round(time.process_time() - cpu, 2)}
+        scores = {source: bits_per_byte(model, tokenizer, text, window=window) for source, text in sorted(texts.items())}
+        total = sum(len(t.encode()) for t in texts.values())
+        scores["all"] = sum(scores[s] * len(t.encode()) for s, t in texts.items()) / total
+        result["bits_per_byte"][name] = {k: round(v, 4) for k, v in scores.items()}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m reference.pretrained`: measure the SmolLM2 card's numbers and write them beside it."""
+    import argparse
+    import json
+
+    from reference.runtime import atomic_write
+    from reference.training.assets import ASSETS
+
+    parser = argparse.ArgumentParser(description=measure_card.__doc__.splitlines()[0])
+    parser.add_argument("--bytes-per-source", type=int, default=20_000)
+    parser.add_argument("--out", default=str(ASSETS / "smollm2-135m-instruct" / "card.json"))
+    args = parser.parse_args(argv)
+    torch.manual_seed(0)
+    result = measure_card(args.bytes_per_source)
+    with atomic_write(args.out, "w", encoding="utf-8") as file:
+        json.dump(result, file, indent=2)
+        file.write("\n")
+    print(json.dumps(result["bits_per_byte"]), result["load_seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
