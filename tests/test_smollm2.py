@@ -361,3 +361,17 @@ def test_bfloat16_on_request(smollm2):
         full, low = model(x)[0, -1], half(x)[0, -1].float()
     assert full.argmax() in low.topk(5).indices  # bfloat16 keeps about 3 significant digits: close, not equal
     assert torch.nn.functional.cosine_similarity(full, low, dim=0) > 0.99
+
+
+@needs_model
+def test_card_is_read_from_the_file_and_the_readme_shows_its_numbers():
+    card = pretrained.smollm2_card()
+    assert card["parameters"] == 134_515_008 and card["licence"] == "apache-2.0"
+    assert card["format"].startswith("GGUF v3, Q4_1") and card["model"]["num_layers"] == 30
+    measured = card["measured"]["bits_per_byte"]
+    assert set(measured) == {"smollm2-135m-instruct", "llama-tiny"}
+    assert measured["smollm2-135m-instruct"]["all"] < measured["llama-tiny"]["all"]
+    readme = (pretrained.Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    for name in measured:
+        for source, value in measured[name].items():
+            assert f"{value:.3f}" in readme, (name, source)
