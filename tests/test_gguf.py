@@ -233,16 +233,24 @@ def _tiny_llama(path, model: TransformerLM, *, meta=(), extra=None, drop=(), arc
                 tokenizer=()):
     c = model.config
     writer = gguf.GGUFWriter(path, arch)
-    writer.add_block_count(c["num_layers"]); writer.add_context_length(c["context_length"])
-    writer.add_embedding_length(c["d_model"]); writer.add_feed_forward_length(c["d_ff"])
-    writer.add_head_count(c["num_heads"]); writer.add_head_count_kv(c["num_kv_heads"])
-    writer.add_rope_freq_base(c["rope_theta"]); writer.add_layer_norm_rms_eps(c["eps"])
+    writer.add_block_count(c["num_layers"])
+    writer.add_context_length(c["context_length"])
+    writer.add_embedding_length(c["d_model"])
+    writer.add_feed_forward_length(c["d_ff"])
+    writer.add_head_count(c["num_heads"])
+    writer.add_head_count_kv(c["num_kv_heads"])
+    writer.add_rope_freq_base(c["rope_theta"])
+    writer.add_layer_norm_rms_eps(c["eps"])
     writer.add_rope_dimension_count(c["d_model"] // c["num_heads"])
     tokens, merges = _byte_level_vocab()
     settings = {"model": "gpt2", "pre": "smollm", "types": [3, 3, 3] + [1] * (len(tokens) - 3), **dict(tokenizer)}
-    writer.add_tokenizer_model(settings["model"]); writer.add_tokenizer_pre(settings["pre"])
-    writer.add_token_list(tokens); writer.add_token_merges(merges); writer.add_token_types(settings["types"])
-    writer.add_bos_token_id(1); writer.add_eos_token_id(2)
+    writer.add_tokenizer_model(settings["model"])
+    writer.add_tokenizer_pre(settings["pre"])
+    writer.add_token_list(tokens)
+    writer.add_token_merges(merges)
+    writer.add_token_types(settings["types"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
     writer.add_chat_template("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
                              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
     for add, key, value in meta:
@@ -262,7 +270,10 @@ def _tiny_llama(path, model: TransformerLM, *, meta=(), extra=None, drop=(), arc
                               raw_dtype=None if q == "F32" else Q[q])
     for name, value in (extra or {}).items():
         writer.add_tensor(name, value)
-    writer.write_header_to_file(); writer.write_kv_data_to_file(); writer.write_tensors_to_file(); writer.close()
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return path
 
 
