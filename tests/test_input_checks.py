@@ -284,3 +284,30 @@ def test_cross_entropy_with_fractional_weights_is_the_weighted_mean():
     assert cross_entropy(logits, targets, torch.zeros(4, 7)).item() == 0.0
     with pytest.raises(ValueError, match="loss_mask"):
         cross_entropy(logits, targets, -torch.ones(4, 7))
+
+
+def test_token_files_carry_their_dtype(tmp_path):
+    """`open_tokens` reads the dtype `tokenize_to_memmap` stored beside the file, refuses a different one,
+    and refuses to guess for a file without the description."""
+    from reference.training import data
+
+    class Ids:
+        def encode_iterable(self, lines):
+            for line in lines:
+                yield from (70_000 + b for b in line.encode())
+
+    text = tmp_path / "t.txt"
+    text.write_text("abc\n" * 10)
+    written = data.tokenize_to_memmap(Ids(), text, tmp_path / "t.bin", vocab_size=70_256)
+    assert written.dtype == np.int32
+    assert data.open_tokens(tmp_path / "t.bin").tolist() == written.tolist()  # no dtype needed
+    with pytest.raises(ValueError, match="holds int32 ids"):
+        data.open_tokens(tmp_path / "t.bin", "uint16")  # read as uint16 it would be silently wrong
+    raw = tmp_path / "raw.bin"
+    raw.write_bytes(np.arange(10, dtype=np.uint16).tobytes())
+    with pytest.raises(ValueError, match="pass dtype"):
+        data.open_tokens(raw)
+    assert data.open_tokens(raw, "uint16").tolist() == list(range(10))
+    (tmp_path / "t.bin").write_bytes(np.arange(4, dtype=np.int32).tobytes())  # replaced by other code
+    with pytest.raises(ValueError, match="says 40"):
+        data.open_tokens(tmp_path / "t.bin")
