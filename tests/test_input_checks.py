@@ -311,3 +311,35 @@ def test_token_files_carry_their_dtype(tmp_path):
     (tmp_path / "t.bin").write_bytes(np.arange(4, dtype=np.int32).tobytes())  # replaced by other code
     with pytest.raises(ValueError, match="says 40"):
         data.open_tokens(tmp_path / "t.bin")
+
+
+@pytest.mark.parametrize("corrupt, match", [
+    (lambda s: s.update(rng={}), "RNG state"),
+    (lambda s: s.update(iteration=-7), "iteration=-7"),
+    (lambda s: s.update(iteration=True), "iteration=True"),
+    (lambda s: s["model"].pop("weight"), "missing"),
+    (lambda s: s["model"].update(weight=torch.zeros(2, 2)), "weight"),
+    (lambda s: s["rng"].update(torch="not a state"), "CPU RNG"),
+])
+def test_load_checkpoint_is_all_or_nothing(tmp_path, corrupt, match):
+    """A bad checkpoint raises a ValueError naming what is wrong and changes nothing."""
+    from reference.training.checkpoint import load_checkpoint, save_checkpoint
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    save_checkpoint(model, optimizer, 5, tmp_path / "ok.pt")
+    state = torch.load(tmp_path / "ok.pt", weights_only=True)
+    corrupt(state)
+    torch.save(state, tmp_path / "bad.pt")
+    fresh = torch.nn.Linear(3, 2)
+    fresh_optimizer = torch.optim.AdamW(fresh.parameters())
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    rng_before = torch.get_rng_state()
+    with pytest.raises(ValueError, match=match):
+        load_checkpoint(tmp_path / "bad.pt", fresh, fresh_optimizer)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items()), "weights were replaced"
+    assert fresh_optimizer.state_dict()["state"] == {} and torch.equal(torch.get_rng_state(), rng_before)
+    assert load_checkpoint(tmp_path / "ok.pt", fresh, fresh_optimizer) == 5
