@@ -26,6 +26,12 @@ def _is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and type(value).__name__ != "bool_"
 
 
+def is_bool(value: object) -> bool:
+    """Whether `value` is a boolean: Python's, NumPy's, or a boolean tensor (which int() would take for 0 or 1)."""
+    dtype = getattr(value, "dtype", None)
+    return isinstance(value, bool) or type(value).__name__ == "bool_" or (dtype is not None and str(dtype) in ("bool", "torch.bool"))
+
+
 def check_int(name: str, value: object, minimum: int | None = 0) -> int:
     """Return `value` as an int, after checking it is an integer (Python or numpy, never a bool) >= `minimum`.
 

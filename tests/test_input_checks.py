@@ -343,3 +343,40 @@ def test_load_checkpoint_is_all_or_nothing(tmp_path, corrupt, match):
     assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items()), "weights were replaced"
     assert fresh_optimizer.state_dict()["state"] == {} and torch.equal(torch.get_rng_state(), rng_before)
     assert load_checkpoint(tmp_path / "ok.pt", fresh, fresh_optimizer) == 5
+
+
+def test_masked_language_modeling_refuses_a_fractional_mask_token_id():
+    from reference.training.objectives import masked_language_modeling
+
+    ids, generator = torch.randint(0, 10, (2, 8)), torch.Generator().manual_seed(0)
+    with pytest.raises(TypeError, match="mask_token_id must be an int"):
+        masked_language_modeling(ids, generator, 3.7, 10)
+    with pytest.raises(TypeError, match="mask_token_id"):
+        masked_language_modeling(ids, generator, True, 10)
+    inputs, _, _ = masked_language_modeling(ids, generator, np.int64(3), 10)
+    assert inputs.shape == ids.shape
+    with pytest.raises(ValueError, match="mask_probability"):
+        masked_language_modeling(ids, generator, 3, 10, mask_probability=math.nan)
+
+
+def _tiny_tokenizer():
+    from reference.tokenizer import Tokenizer
+
+    return Tokenizer({i: bytes([i]) for i in range(256)}, [], ["<|endoftext|>"])
+
+
+def test_decode_refuses_bools_and_accepts_numpy_integers():
+    tokenizer = _tiny_tokenizer()
+    assert tokenizer.decode([np.int64(104), np.int32(105)]) == "hi"
+    for bad in (True, np.bool_(False), torch.tensor(True)):
+        with pytest.raises(TypeError, match="bool"):
+            tokenizer.decode([104, bad])
+
+
+def test_a_deeply_nested_tokenizer_file_is_a_value_error(tmp_path):
+    from reference.tokenizer import Tokenizer
+
+    path = tmp_path / "nested.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="does not hold a tokenizer"):
+        Tokenizer.load(path)
