@@ -226,7 +226,8 @@ def train_bpe(
     """
     tokens = _check_special_tokens(special_tokens)
     minimum = 256 + len(tokens)
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < minimum:
+    vocab_size = check_int("vocab_size", vocab_size, None)  # numpy integers too; bools and floats refused
+    if vocab_size < minimum:
         raise ValueError(
             f"vocab_size must be at least 256 bytes + {len(tokens)} special tokens = {minimum}, got {vocab_size!r}"
         )

@@ -380,3 +380,14 @@ def test_a_deeply_nested_tokenizer_file_is_a_value_error(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="does not hold a tokenizer"):
         Tokenizer.load(path)
+
+
+def test_train_bpe_vocab_size_takes_numpy_integers_and_refuses_floats(tmp_path):
+    from reference.tokenizer import train_bpe
+
+    path = tmp_path / "t.txt"
+    path.write_text("low lower lowest " * 20)
+    vocab, merges = train_bpe(path, np.int64(260), ["<|endoftext|>"])
+    assert len(vocab) == 260 and len(merges) == 3
+    with pytest.raises(TypeError, match="vocab_size"):
+        train_bpe(path, 260.0, ["<|endoftext|>"])
