@@ -163,8 +163,10 @@ class MultiHeadAttention(nn.Module):
         kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
         vdim: width of the values' input; defaults to `d_model`.
         positional: a relative position scheme (see above), or None.
-        scale: factor on the scores q . k; None means 1 / sqrt(head_dim). T5 uses 1 (it folds the
-            scale into its initialisation).
+        scale: factor on the scores q . k; None means 1 / sqrt(head_dim). T5 uses 1: it never
+            rescales the scores (Raffel et al.'s Mesh TensorFlow code starts the query projection
+            with the smaller standard deviation (d_model * d_kv)^-1/2 instead; the course's T5
+            keeps `init_weights`' 0.02 for every projection).
         device: where to create the parameters.
         dtype: parameters' dtype.
     """

@@ -61,17 +61,21 @@ def relative_position_bucket(
 ) -> Tensor:
     """T5's bucket of each relative position (key position - query position); integer tensor of the same shape.
 
-    Raffel et al., 2020, section 2.1. Half the buckets (all of them when causal) hold exact small
-    distances 0 .. num_buckets/2 - 1 (per direction when bidirectional); the rest cover larger
-    distances on a logarithmic scale up to `max_distance`, beyond which everything shares the last
-    bucket. Bidirectional: keys after the query use the upper half of the buckets. Causal: keys
-    after the query all fall in bucket 0 (they are masked anyway).
+    Raffel et al., 2020, section 2.1. Causal: the n = num_buckets buckets all describe keys at or
+    before the query; buckets 0 .. n/2 - 1 hold the exact distances 0 .. n/2 - 1, buckets
+    n/2 .. n - 1 cover larger distances on a logarithmic scale up to `max_distance`, beyond which
+    everything shares bucket n - 1; keys after the query all fall in bucket 0 (they are masked
+    anyway). Bidirectional: each direction gets n/2 buckets, split the same way, so the exact
+    distances are only 0 .. n/4 - 1: keys at or before the query use buckets 0 .. n/2 - 1 (exact
+    distances in 0 .. n/4 - 1), keys after it buckets n/2 + 1 .. n - 1 (exact distances 1 .. n/4 - 1
+    in n/2 + 1 .. n/2 + n/4 - 1, bucket n/2 itself is never used).
 
     Args:
         relative_position: integer tensor of key minus query positions.
         bidirectional: whether keys may lie after the query (encoders) or not (decoders).
-        num_buckets: total number of buckets (>= 2, even when bidirectional).
-        max_distance: distance from which all positions share the last bucket.
+        num_buckets: total number of buckets (>= 2; when bidirectional, even and >= 4).
+        max_distance: distance from which all positions share the last bucket (> the number of
+            exact distances, n/2 causal and n/4 bidirectional).
 
     Returns:
         long tensor of bucket indices in [0, num_buckets).
@@ -99,7 +103,10 @@ class RelativePositionBias(nn.Module):
         raise NotImplementedError("Exercise 2.4: T5 relative position bias")
 
     def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
-        """Additive bias (num_heads, seq_q, seq_k) for 1-D query and key positions."""
+        """Additive bias for integer query and key positions, each (seq,) or (batch, seq).
+
+        Returns (num_heads, seq_q, seq_k) when both are 1-D, (batch, num_heads, seq_q, seq_k) otherwise.
+        """
         raise NotImplementedError("Exercise 2.4: T5 relative position bias")
 
 
@@ -224,6 +231,9 @@ class ALiBi(nn.Module):
         raise NotImplementedError("Exercise 2.12: ALiBi as an attention scheme")
 
     def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
-        """Additive bias (num_heads, seq_q, seq_k) for 1-D query and key positions."""
+        """Additive bias for integer query and key positions, each (seq,) or (batch, seq).
+
+        Returns (num_heads, seq_q, seq_k) when both are 1-D, (batch, num_heads, seq_q, seq_k) otherwise.
+        """
         raise NotImplementedError("Exercise 2.12: ALiBi as an attention scheme")
 

@@ -16,6 +16,10 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from reference.validation import (
+    ArgumentTypeError, check_bool, check_float, check_int, check_optional_int, check_positions, value_range,
+)
+
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
     """Softmax along `dim`, computed stably as exp(x - max) / sum(exp(x - max)).
@@ -58,9 +62,7 @@ def causal_mask(seq_len_q: int, seq_len_k: int | None = None, *, device: torch.d
         Boolean tensor of shape (seq_len_q, seq_len_k), True where attending is allowed.
     """
     seq_len_k = seq_len_q if seq_len_k is None else seq_len_k
-    for name, value in (("seq_len_q", seq_len_q), ("seq_len_k", seq_len_k)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+    seq_len_q, seq_len_k = check_int("seq_len_q", seq_len_q), check_int("seq_len_k", seq_len_k)
     if seq_len_k < seq_len_q:
         raise ValueError(f"seq_len_k ({seq_len_k}) must be >= seq_len_q ({seq_len_q}): queries are the last positions")
     query_pos = torch.arange(seq_len_q, device=device)[:, None] + (seq_len_k - seq_len_q)  # (seq_q, 1)
@@ -82,13 +84,17 @@ def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     Returns:
         Boolean tensor of shape (batch, 1, 1, max_len).
     """
+    if not isinstance(lengths, Tensor):
+        raise ArgumentTypeError(f"lengths must be a torch.Tensor, got {type(lengths).__name__}")
     if lengths.dim() != 1:
         raise ValueError(f"lengths must be 1-D (batch,), got shape {tuple(lengths.shape)}")
     if lengths.is_floating_point() or lengths.dtype == torch.bool or lengths.is_complex():
-        raise ValueError(f"lengths must hold integers, got dtype {lengths.dtype}")
+        raise ArgumentTypeError(f"lengths must hold integers, got dtype {lengths.dtype}")
+    max_len = check_optional_int("max_len", max_len)
+    low, high = value_range(lengths) if lengths.numel() else (0, 0)  # one read
     if max_len is None:
-        max_len = int(lengths.max()) if lengths.numel() else 0
-    if lengths.numel() and (int(lengths.min()) < 0 or int(lengths.max()) > max_len):
+        max_len = high
+    if low < 0 or high > max_len:
         raise ValueError(f"lengths must lie in [0, max_len={max_len}], got {lengths.tolist()}")
     positions = torch.arange(max_len, device=lengths.device)
     keep = positions[None, :] < lengths[:, None]  # (batch, max_len)
@@ -114,17 +120,24 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: f
     Returns:
         Weights of shape (..., seq_q, seq_k); each row sums to 1 (0 for a fully masked row).
     """
+    for name, t in (("q", q), ("k", k)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise ArgumentTypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if q.dtype != k.dtype:
+        raise ArgumentTypeError(f"q and k must share a dtype, got {q.dtype} and {k.dtype}")
     if q.dim() < 2 or k.dim() < 2:
         raise ValueError(f"q and k need at least 2 dimensions (seq, d_k), got {tuple(q.shape)} and {tuple(k.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must share the last (d_k) dimension, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     batch = _broadcast_shape("q and k leading dimensions", q.shape[:-2], k.shape[:-2])
     score_shape = torch.Size((*batch, q.shape[-2], k.shape[-2]))
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scale = q.shape[-1] ** -0.5 if scale is None else check_float("scale", scale)
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., seq_q, seq_k)
     if mask is not None:
+        if not isinstance(mask, Tensor):
+            raise ArgumentTypeError(f"mask must be a torch.Tensor, got {type(mask).__name__}")
         if mask.dtype != torch.bool and not mask.is_floating_point():
-            raise ValueError(f"mask must be boolean or floating point, got dtype {mask.dtype}")
+            raise ArgumentTypeError(f"mask must be boolean or floating point, got dtype {mask.dtype}")
         if _broadcast_shape("mask and scores", mask.shape, score_shape) != score_shape:
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {tuple(score_shape)}")
         if mask.dtype == torch.bool:
@@ -149,6 +162,10 @@ def scaled_dot_product_attention(
     Returns:
         Output of shape (..., seq_q, d_v). A query whose keys are all masked gets zeros.
     """
+    if not isinstance(v, Tensor) or not v.is_floating_point():
+        raise ArgumentTypeError(f"v must be a floating-point tensor, got {getattr(v, 'dtype', type(v).__name__)}")
+    if isinstance(k, Tensor) and v.dtype != k.dtype:
+        raise ArgumentTypeError(f"k and v must share a dtype, got {k.dtype} and {v.dtype}")
     if v.dim() < 2 or v.shape[-2] != k.shape[-2]:
         raise ValueError(f"k and v must hold the same number of keys (dim -2), got k {tuple(k.shape)} and v {tuple(v.shape)}")
     _broadcast_shape("k and v leading dimensions", k.shape[:-2], v.shape[:-2])
@@ -168,10 +185,11 @@ def repeat_kv(x: Tensor, num_repeats: int) -> Tensor:
     Returns:
         Tensor of shape (..., kv_heads * num_repeats, seq, head_dim).
     """
+    if not isinstance(x, Tensor):
+        raise ArgumentTypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() < 3:
         raise ValueError(f"x must be (..., kv_heads, seq, head_dim), got shape {tuple(x.shape)}")
-    if not isinstance(num_repeats, int) or num_repeats < 1:
-        raise ValueError(f"num_repeats must be a positive int, got {num_repeats!r}")
+    num_repeats = check_int("num_repeats", num_repeats, 1)
     return repeat(x, "... h s d -> ... (h r) s d", r=num_repeats)
 
 
@@ -207,8 +225,10 @@ class MultiHeadAttention(nn.Module):
         kdim: width of the keys' input (the context in cross-attention); defaults to `d_model`.
         vdim: width of the values' input; defaults to `d_model`.
         positional: a relative position scheme (see above), or None.
-        scale: factor on the scores q . k; None means 1 / sqrt(head_dim). T5 uses 1 (it folds the
-            scale into its initialisation).
+        scale: factor on the scores q . k; None means 1 / sqrt(head_dim). T5 uses 1: it never
+            rescales the scores (Raffel et al.'s Mesh TensorFlow code starts the query projection
+            with the smaller standard deviation (d_model * d_kv)^-1/2 instead; the course's T5
+            keeps `init_weights`' 0.02 for every projection).
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -232,8 +252,11 @@ class MultiHeadAttention(nn.Module):
         num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
         kdim = d_model if kdim is None else kdim
         vdim = d_model if vdim is None else vdim
-        if d_model <= 0 or num_heads <= 0 or num_kv_heads <= 0:
-            raise ValueError(f"d_model, num_heads and num_kv_heads must be positive, got {d_model}, {num_heads}, {num_kv_heads}")
+        d_model, num_heads, num_kv_heads = (check_int(n, v, 1) for n, v in
+                                            (("d_model", d_model), ("num_heads", num_heads), ("num_kv_heads", num_kv_heads)))
+        kdim, vdim = check_int("kdim", kdim, 1), check_int("vdim", vdim, 1)
+        check_bool("fused_qkv", fused_qkv)
+        check_bool("bias", bias)
         if d_model % num_heads:
             raise ValueError(f"num_heads ({num_heads}) must divide d_model ({d_model})")
         if num_heads % num_kv_heads:
@@ -255,8 +278,8 @@ class MultiHeadAttention(nn.Module):
         if positional is not None and not (hasattr(positional, "rotate") or hasattr(positional, "bias")):
             raise ValueError(f"positional must have a rotate or a bias method, got {type(positional).__name__}")
         self.positional = positional
-        if scale is not None and not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
+        if scale is not None:
+            scale = check_float("scale", scale, positive=True)
         self.scale = scale
 
     def forward(
@@ -283,11 +306,8 @@ class MultiHeadAttention(nn.Module):
         Returns:
             Output of shape (batch, seq_q, d_model).
         """
-        if x.dim() != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x must be (batch, seq, d_model={self.d_model}), got shape {tuple(x.shape)}")
+        self._check_inputs(x, context, positions, context_positions)
         source = x if context is None else context
-        if source.dim() != 3 or source.shape[0] != x.shape[0]:
-            raise ValueError(f"context must be (batch={x.shape[0]}, seq_k, features), got shape {tuple(source.shape)}")
         q_out = self.num_heads * self.head_dim
         if self.fused_qkv:
             w, b = self.qkv_proj.weight, self.qkv_proj.bias
@@ -317,3 +337,30 @@ class MultiHeadAttention(nn.Module):
         k, v = repeat_kv(k, group), repeat_kv(v, group)  # (batch, heads, seq_k, head_dim)
         out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (batch, heads, seq_q, head_dim)
         return self.out_proj(rearrange(out, "b h s d -> b s (h d)"))
+
+    def _check_inputs(self, x: Tensor, context: Tensor | None, positions: Tensor | None,
+                      context_positions: Tensor | None) -> None:
+        """Types, dtypes and shapes of `forward`'s arguments; no value is read."""
+        weight = (self.qkv_proj if self.fused_qkv else self.q_proj).weight
+        for name, t in (("x", x), ("context", context)):
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or not t.is_floating_point():
+                raise ArgumentTypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+            if t.dtype != weight.dtype and not torch.is_autocast_enabled(t.device.type):
+                raise ArgumentTypeError(f"{name} has dtype {t.dtype} but the projections are {weight.dtype}: "
+                                        f"cast one to the other (e.g. module.to({t.dtype}))")
+        if x.dim() != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x must be (batch, seq, d_model={self.d_model}), got shape {tuple(x.shape)}")
+        if context is not None and (context.dim() != 3 or context.shape[0] != x.shape[0]):
+            raise ValueError(f"context must be (batch={x.shape[0]}, seq_k, features), got shape {tuple(context.shape)}")
+        seq_k = x.shape[1] if context is None else context.shape[1]
+        for name, p, seq in (("positions", positions, x.shape[1]), ("context_positions", context_positions, seq_k)):
+            if p is None:
+                continue
+            if self.positional is None:
+                raise ValueError(f"{name} was given, but this attention has no positional scheme to use it "
+                                 "(pass positional=..., or add absolute positions to the embeddings)")
+            check_positions(name, p)
+            if p.shape[-1] != seq or (p.dim() == 2 and p.shape[0] not in (1, x.shape[0])):
+                raise ValueError(f"{name} must be ({seq},) or (batch={x.shape[0]}, {seq}), got shape {tuple(p.shape)}")

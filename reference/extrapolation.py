@@ -92,8 +92,9 @@ class PositionalDecoder(nn.Module):
         elif self.scheme == "learned":
             x = x + self.position_embeddings(positions)
         mask = causal_mask(seq, device=token_ids.device)
+        relative = positions if self.scheme in ("rope", "alibi") else None  # attention refuses unused positions
         for layer in self.layers:
-            x = layer(x, mask=mask, positions=positions)
+            x = layer(x, mask=mask, positions=relative)
         return self.lm_head(self.ln_final(x))
 
 

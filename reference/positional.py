@@ -19,7 +19,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from reference.validation import check_int
+from reference.validation import check_bool, check_float, check_int, check_integer_tensor, check_positions, value_range
 
 
 
@@ -47,6 +47,7 @@ def sinusoidal_encoding(length: int, d_model: int, offset: int = 0, base: float 
     check_int("length", length)
     check_int("d_model", d_model, 1)
     check_int("offset", offset)
+    base = check_float("base", base, positive=True)
     positions = torch.arange(offset, offset + length, dtype=torch.float64)[:, None]  # (length, 1)
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)  # (ceil(d_model / 2),)
     angles = positions / base ** (two_i / d_model)  # (length, ceil(d_model / 2))
@@ -73,11 +74,12 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def forward(self, positions: Tensor) -> Tensor:
         """Vectors for integer `positions` of any shape (...) -> (..., d_model)."""
-        if positions.is_floating_point():
-            raise ValueError(f"positions must be integers, got dtype {positions.dtype}")
-        if positions.numel() and (int(positions.min()) < 0 or int(positions.max()) >= self.max_len):
-            bad = int(positions.max()) if int(positions.max()) >= self.max_len else int(positions.min())
-            raise ValueError(f"position {bad} is outside the learned table of max_len={self.max_len}")
+        check_integer_tensor("positions", positions)
+        if positions.numel():
+            low, high = value_range(positions)  # one read of the values
+            if low < 0 or high >= self.max_len:
+                bad = high if high >= self.max_len else low
+                raise ValueError(f"position {bad} is outside the learned table of max_len={self.max_len}")
         return self.embedding(positions)
 
 
@@ -91,23 +93,27 @@ def relative_position_bucket(
 ) -> Tensor:
     """T5's bucket of each relative position (key position - query position); integer tensor of the same shape.
 
-    Raffel et al., 2020, section 2.1. Half the buckets (all of them when causal) hold exact small
-    distances 0 .. num_buckets/2 - 1 (per direction when bidirectional); the rest cover larger
-    distances on a logarithmic scale up to `max_distance`, beyond which everything shares the last
-    bucket. Bidirectional: keys after the query use the upper half of the buckets. Causal: keys
-    after the query all fall in bucket 0 (they are masked anyway).
+    Raffel et al., 2020, section 2.1. Causal: the n = num_buckets buckets all describe keys at or
+    before the query; buckets 0 .. n/2 - 1 hold the exact distances 0 .. n/2 - 1, buckets
+    n/2 .. n - 1 cover larger distances on a logarithmic scale up to `max_distance`, beyond which
+    everything shares bucket n - 1; keys after the query all fall in bucket 0 (they are masked
+    anyway). Bidirectional: each direction gets n/2 buckets, split the same way, so the exact
+    distances are only 0 .. n/4 - 1: keys at or before the query use buckets 0 .. n/2 - 1 (exact
+    distances in 0 .. n/4 - 1), keys after it buckets n/2 + 1 .. n - 1 (exact distances 1 .. n/4 - 1
+    in n/2 + 1 .. n/2 + n/4 - 1, bucket n/2 itself is never used).
 
     Args:
         relative_position: integer tensor of key minus query positions.
         bidirectional: whether keys may lie after the query (encoders) or not (decoders).
-        num_buckets: total number of buckets (>= 2, even when bidirectional).
-        max_distance: distance from which all positions share the last bucket.
+        num_buckets: total number of buckets (>= 2; when bidirectional, even and >= 4).
+        max_distance: distance from which all positions share the last bucket (> the number of
+            exact distances, n/2 causal and n/4 bidirectional).
 
     Returns:
         long tensor of bucket indices in [0, num_buckets).
     """
-    check_int("num_buckets", num_buckets, 2)
-    check_int("max_distance", max_distance, 1)
+    _check_buckets(num_buckets, max_distance, bidirectional)
+    check_integer_tensor("relative_position", relative_position)
     buckets = torch.zeros_like(relative_position, dtype=torch.long)
     if bidirectional:
         num_buckets //= 2
@@ -124,6 +130,26 @@ def relative_position_bucket(
     return buckets + torch.where(is_small, distance, log_scaled)
 
 
+def _check_buckets(num_buckets: object, max_distance: object, bidirectional: object) -> None:
+    """T5's bucketing needs at least one exact and one logarithmic bucket per direction."""
+    check_bool("bidirectional", bidirectional)
+    check_int("num_buckets", num_buckets, 4 if bidirectional else 2)
+    if bidirectional and num_buckets % 2:
+        raise ValueError(f"num_buckets must be even when bidirectional (half per direction), got {num_buckets!r}")
+    exact = num_buckets // 4 if bidirectional else num_buckets // 2
+    check_int("max_distance", max_distance, exact + 1)
+
+
+def _relative_positions(q_positions: object, k_positions: object) -> Tensor:
+    """Key minus query positions for (seq,) or (batch, seq) positions: (seq_q, seq_k) or (batch, seq_q, seq_k)."""
+    check_positions("q_positions", q_positions)
+    check_positions("k_positions", k_positions)
+    if q_positions.dim() == 2 and k_positions.dim() == 2 and q_positions.shape[0] != k_positions.shape[0]:
+        raise ValueError(f"q_positions {tuple(q_positions.shape)} and k_positions {tuple(k_positions.shape)} "
+                         "have different batch sizes")
+    return k_positions[..., None, :] - q_positions[..., :, None]
+
+
 class RelativePositionBias(nn.Module):
     """T5's learned bias: one scalar per (bucket, head), added to the attention scores.
 
@@ -137,14 +163,18 @@ class RelativePositionBias(nn.Module):
     def __init__(self, num_heads: int, bidirectional: bool = True, num_buckets: int = 32, max_distance: int = 128) -> None:
         super().__init__()
         check_int("num_heads", num_heads, 1)
+        _check_buckets(num_buckets, max_distance, bidirectional)
         self.bidirectional, self.num_buckets, self.max_distance = bidirectional, num_buckets, max_distance
         self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
 
     def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
-        """Additive bias (num_heads, seq_q, seq_k) for 1-D query and key positions."""
-        relative = k_positions[None, :] - q_positions[:, None]  # (seq_q, seq_k)
+        """Additive bias for integer query and key positions, each (seq,) or (batch, seq).
+
+        Returns (num_heads, seq_q, seq_k) when both are 1-D, (batch, num_heads, seq_q, seq_k) otherwise.
+        """
+        relative = _relative_positions(q_positions, k_positions)  # (..., seq_q, seq_k)
         buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
-        return rearrange(self.relative_attention_bias(buckets), "q k h -> h q k")
+        return rearrange(self.relative_attention_bias(buckets), "... q k h -> ... h q k")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,8 +187,10 @@ def rope_frequencies(head_dim: int, base: float = 10000.0) -> Tensor:
 
     Su et al., 2021, eq. 15: the same frequencies as the sinusoidal table.
     """
-    if not isinstance(head_dim, int) or head_dim <= 0 or head_dim % 2:
+    check_int("head_dim", head_dim, 2)
+    if head_dim % 2:
         raise ValueError(f"RoPE needs a positive even head_dim, got {head_dim!r}")
+    base = check_float("base", base, positive=True)
     return base ** -(torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
 
 
@@ -194,8 +226,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "half") -> Ten
     Returns:
         Tensor of x's shape and dtype.
     """
-    if x.shape[-1] % 2:
-        raise ValueError(f"RoPE needs an even head_dim, got x of shape {tuple(x.shape)}")
+    _check_rope_inputs(x, cos, sin, layout)
     if layout == "half":
         half = x.shape[-1] // 2
         a, b = x[..., :half], x[..., half:]
@@ -205,6 +236,27 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor, layout: str = "half") -> Ten
         rotated = torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1)
         return rearrange(rotated, "... i two -> ... (i two)").to(x.dtype)
     raise ValueError(f"layout must be 'half' or 'interleaved', got {layout!r}")
+
+
+def _check_rope_inputs(x: object, cos: object, sin: object, layout: object) -> None:
+    """Types, dtypes and shapes of `apply_rope`'s arguments (never their values)."""
+    if layout not in ("half", "interleaved"):
+        raise ValueError(f"layout must be 'half' or 'interleaved', got {layout!r}")
+    for name, t in (("x", x), ("cos", cos), ("sin", sin)):
+        if not isinstance(t, Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+    if x.dim() < 2 or x.shape[-1] % 2:
+        raise ValueError(f"RoPE needs x of shape (..., seq, head_dim) with an even head_dim, got {tuple(x.shape)}")
+    if cos.shape != sin.shape:
+        raise ValueError(f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have the same shape")
+    half = (*x.shape[:-1], x.shape[-1] // 2)
+    try:
+        fits = torch.broadcast_shapes(cos.shape, half) == torch.Size(half)
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise ValueError(f"cos and sin of shape {tuple(cos.shape)} do not broadcast to x's planes {half} "
+                         f"(x of shape {tuple(x.shape)})")
 
 
 class RotaryEmbedding(nn.Module):
@@ -227,20 +279,44 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", rope_frequencies(head_dim, base), persistent=False)
         self.register_buffer("cos_cached", torch.empty(0, head_dim // 2, dtype=torch.float64), persistent=False)
         self.register_buffer("sin_cached", torch.empty(0, head_dim // 2, dtype=torch.float64), persistent=False)
+        self._last: tuple | None = None  # (positions, its version, cos, sin): layers sharing positions read them once
+
+    def _apply(self, fn, *args, **kwargs):
+        """`.to()`, `.cuda()`, `.half()` move the tables but never lower their precision: the
+        frequencies and angles stay float64 (float32 on MPS, which has no float64) whatever the
+        model's dtype, and the tables are rebuilt on the new device when next needed."""
+        super()._apply(fn, *args, **kwargs)
+        device = self.inv_freq.device
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        if self.inv_freq.dtype != dtype:
+            self.inv_freq = rope_frequencies(self.head_dim, self.base).to(device=device, dtype=dtype)
+        if self.cos_cached.dtype != dtype:
+            self.cos_cached = torch.empty(0, self.head_dim // 2, dtype=dtype, device=device)
+            self.sin_cached = torch.empty(0, self.head_dim // 2, dtype=dtype, device=device)
+        self._last = None
+        return self
 
     def cos_sin(self, positions: Tensor) -> tuple[Tensor, Tensor]:
         """cos and sin of the angles for integer `positions` of shape (...) -> each (..., head_dim // 2), float64."""
-        if positions.is_floating_point():
-            raise ValueError(f"positions must be integers, got dtype {positions.dtype}")
-        if positions.numel() and int(positions.min()) < 0:
-            raise ValueError(f"positions must be >= 0, got {int(positions.min())}")
-        needed = int(positions.max()) + 1 if positions.numel() else 0
+        check_integer_tensor("positions", positions)
+        last = self._last
+        if last is not None and last[0] is positions and last[1] == positions._version:
+            return last[2], last[3]  # the same positions as the previous call (the next layer): no read
+        if positions.numel():
+            low, high = value_range(positions)  # one read of the values
+            if low < 0:
+                raise ValueError(f"positions must be >= 0, got {low}")
+            needed = high + 1
+        else:
+            needed = 0
         if needed > self.cos_cached.shape[0]:
             length = max(needed, 2 * self.cos_cached.shape[0], 16)
-            angles = torch.arange(length, dtype=torch.float64, device=self.inv_freq.device)[:, None] * self.inv_freq
+            angles = torch.arange(length, dtype=self.inv_freq.dtype, device=self.inv_freq.device)[:, None] * self.inv_freq
             self.cos_cached, self.sin_cached = torch.cos(angles), torch.sin(angles)
-        positions = positions.to(self.cos_cached.device)
-        return self.cos_cached[positions], self.sin_cached[positions]
+        index = positions.to(self.cos_cached.device)
+        cos, sin = self.cos_cached[index], self.sin_cached[index]
+        self._last = (positions, positions._version, cos, sin)
+        return cos, sin
 
     def rotate(self, q: Tensor, k: Tensor, q_positions: Tensor, k_positions: Tensor) -> tuple[Tensor, Tensor]:
         """Rotate q (..., seq_q, head_dim) and k (..., seq_k, head_dim) by their positions, (seq,) or (batch, seq).
@@ -250,6 +326,7 @@ class RotaryEmbedding(nn.Module):
         """
         rotated = []
         for x, positions in ((q, q_positions), (k, k_positions)):
+            check_positions("positions", positions)
             if x.shape[-1] != self.head_dim:
                 raise ValueError(f"expected head_dim {self.head_dim}, got a tensor of shape {tuple(x.shape)}")
             cos, sin = self.cos_sin(positions)  # (..., seq, head_dim // 2)
@@ -318,11 +395,16 @@ class ALiBi(nn.Module):
 
     def __init__(self, num_heads: int, causal: bool = True) -> None:
         super().__init__()
+        check_bool("causal", causal)
         self.register_buffer("slopes", alibi_slopes(num_heads).float(), persistent=False)
         self.causal = causal
 
     def bias(self, q_positions: Tensor, k_positions: Tensor) -> Tensor:
-        """Additive bias (num_heads, seq_q, seq_k) for 1-D query and key positions."""
-        distance = q_positions[:, None] - k_positions[None, :]  # (seq_q, seq_k)
+        """Additive bias for integer query and key positions, each (seq,) or (batch, seq).
+
+        Returns (num_heads, seq_q, seq_k) when both are 1-D, (batch, num_heads, seq_q, seq_k) otherwise.
+        """
+        distance = -_relative_positions(q_positions, k_positions)  # query minus key, (..., seq_q, seq_k)
         distance = distance.clamp(min=0) if self.causal else distance.abs()
-        return -self.slopes[:, None, None] * distance.to(self.slopes.dtype)
+        slopes = self.slopes[:, None, None]  # (heads, 1, 1)
+        return -slopes * distance.to(self.slopes.dtype)[..., None, :, :]  # (..., heads, seq_q, seq_k)

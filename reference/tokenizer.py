@@ -31,7 +31,7 @@ from typing import BinaryIO
 import regex
 
 from reference.runtime import atomic_write
-from reference.validation import check_int
+from reference.validation import ArgumentTypeError, check_int, is_bool
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 """GPT-2's pre-tokeniser: contractions, letter runs, digit runs, other symbols (each with at most
@@ -226,7 +226,8 @@ def train_bpe(
     """
     tokens = _check_special_tokens(special_tokens)
     minimum = 256 + len(tokens)
-    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < minimum:
+    vocab_size = check_int("vocab_size", vocab_size, None)  # numpy integers too; bools and floats refused
+    if vocab_size < minimum:
         raise ValueError(
             f"vocab_size must be at least 256 bytes + {len(tokens)} special tokens = {minimum}, got {vocab_size!r}"
         )
@@ -447,6 +448,8 @@ class Tokenizer:
         ids that cuts a character) replaced by U+FFFD rather than raising."""
         parts = []
         for token_id in ids:
+            if is_bool(token_id):
+                raise ArgumentTypeError(f"ids holds the bool {token_id!r}, not a token id")
             try:
                 token = self.vocab.get(operator.index(token_id))  # ints, NumPy and 0-d PyTorch integers
             except TypeError:
@@ -480,8 +483,8 @@ class Tokenizer:
             vocab = {int(i): bytes.fromhex(token) for i, token in state["vocab"].items()}
             merges = [(bytes.fromhex(first), bytes.fromhex(second)) for first, second in state["merges"]]
             return cls(vocab, merges, state["special_tokens"])
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise ValueError(f"path {os.fspath(path)!r} does not hold a tokenizer: {error}") from error
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:  # RecursionError: nested JSON
+            raise ValueError(f"path {os.fspath(path)!r} does not hold a tokenizer: {error!r:.200}") from None
 
 
 def train_tokenizer(

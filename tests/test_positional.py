@@ -356,3 +356,39 @@ def test_t5_bias_attention_is_shift_invariant(impl):
     x = _rand(2, 6, 32)
     torch.testing.assert_close(mha(x), mha(x, positions=torch.arange(50, 56)), atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in mha.parameters()) == 4 * (32 * 32 + 32) + 32 * 4, "the bias table is a parameter"
+
+
+# ----------------------------------------------------------------------------------------------
+# Relative biases with one row of positions per sequence, (batch, seq), as MultiHeadAttention documents
+# ----------------------------------------------------------------------------------------------
+# batch = heads = seq = 3, so that a bias laid out (heads, batch, ...) or broadcast over the wrong
+# axis has the right shape and only its values can give it away.
+
+_BATCHED_Q = torch.tensor([[0, 1, 2], [5, 6, 7], [2, 4, 9]])
+_BATCHED_K = torch.tensor([[0, 1, 2], [3, 5, 8], [0, 0, 1]])
+
+
+@pytest.mark.exercise("2.12")
+@pytest.mark.points(1)
+@pytest.mark.parametrize("causal", [True, False])
+def test_alibi_bias_with_batched_positions_is_each_rows_bias(impl, causal):
+    alibi = impl.positional.ALiBi(3, causal=causal)
+    batched = alibi.bias(_BATCHED_Q, _BATCHED_K)
+    assert batched.shape == (3, 3, 3, 3), "(batch, heads, seq_q, seq_k)"
+    for row in range(3):
+        torch.testing.assert_close(batched[row], alibi.bias(_BATCHED_Q[row], _BATCHED_K[row]))
+    slopes = impl.positional.alibi_slopes(3).float()
+    distance = (_BATCHED_Q[2][:, None] - _BATCHED_K[2][None, :]).float()
+    distance = distance.clamp(min=0) if causal else distance.abs()
+    torch.testing.assert_close(batched[2], -slopes[:, None, None] * distance)
+
+
+@pytest.mark.exercise("2.4")
+@pytest.mark.points(1)
+def test_t5_bias_with_batched_positions_is_each_rows_bias(impl):
+    torch.manual_seed(0)
+    t5 = impl.positional.RelativePositionBias(3, bidirectional=True, num_buckets=8, max_distance=4)
+    batched = t5.bias(_BATCHED_Q, _BATCHED_K)
+    assert batched.shape == (3, 3, 3, 3), "(batch, heads, seq_q, seq_k)"
+    for row in range(3):
+        torch.testing.assert_close(batched[row], t5.bias(_BATCHED_Q[row], _BATCHED_K[row]))

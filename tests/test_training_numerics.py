@@ -347,3 +347,16 @@ def test_clip_grad_norm_leaves_small_gradients_alone_and_takes_one_tensor(impl):
     torch.testing.assert_close(w.grad, torch.tensor([0.6, 0.8]), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="max_l2_norm"):
         impl.training.numerics.clip_grad_norm_(w, 0.0)
+
+
+@pytest.mark.exercise("6.7")
+@pytest.mark.points(1)
+def test_cross_entropy_with_float_weights_divides_by_their_sum(impl):
+    """Weights of 0.02 everywhere give the plain mean, not the mean times their sum 0.3 (a `clamp(min=1)`
+    on the weight sum); other float weights give sum(w * nll) / sum(w)."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(3, 5, 7), torch.randint(0, 7, (3, 5))
+    nll = F.cross_entropy(logits.reshape(-1, 7), targets.reshape(-1), reduction="none").reshape(3, 5)
+    for weights in (torch.full((3, 5), 0.02), torch.rand(3, 5) * 0.05, torch.rand(3, 5) * 4):  # sums 0.3, < 1, > 1
+        expected = (nll * weights).sum() / weights.sum()
+        torch.testing.assert_close(impl.training.numerics.cross_entropy(logits, targets, weights), expected)

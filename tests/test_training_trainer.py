@@ -196,7 +196,7 @@ def test_tokenize_to_memmap_streams_atomically(tmp_path):
     assert data.open_tokens(tmp_path / "small.bin").tolist() == expected
     with pytest.raises(ValueError, match="vocab_size=100"):
         data.tokenize_to_memmap(_ByteTokenizer(), text, tmp_path / "bad.bin", vocab_size=100)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "corpus.txt", "small.bin"], "no partial files"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "big.bin.json", "corpus.txt", "small.bin", "small.bin.json"], "no partial files"
     assert data.token_dtype(65_536) == np.uint16 and data.token_dtype(65_537) == np.int32
     (tmp_path / "odd.bin").write_bytes(b"abc")
     with pytest.raises(ValueError, match="odd.bin"):

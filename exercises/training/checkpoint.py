@@ -52,7 +52,10 @@ def load_checkpoint(
 
     Loads with `weights_only=True` onto the CPU; `load_state_dict` then copies the weights onto
     the model's device, and the optimiser moves its state next to its parameters. PyTorch's global
-    RNGs (CPU, and CUDA when present) are restored, and `generator`'s state when given.
+    RNGs (CPU, and CUDA when present) are restored, and `generator`'s state when given. All or
+    nothing: the checkpoint is checked whole (its keys, the weights' shapes, an iteration >= 0, the
+    RNG states) before anything changes, and a failure part-way restores what was there, so a bad
+    checkpoint raises a ValueError and leaves the model, optimiser and generators untouched.
 
     Args:
         src: a path, or a binary file object opened for reading.

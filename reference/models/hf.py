@@ -159,6 +159,107 @@ def _hf_config(model: nn.Module):
         )
 
 
+# ----------------------------------------------------------------------------------------------
+# from_hf reads a configuration field by field: every field is either read into our configuration,
+# checked against the one value we compute exactly, or known not to change what the model computes
+# in eval mode. Any other field (a newer transformers' option, a typo'd kwarg) is refused by name.
+# ----------------------------------------------------------------------------------------------
+
+# Fields of every `PretrainedConfig` (and generation options older configurations still carry) that
+# do not change the logits: metadata, output formatting, caching, special token ids, initialisation.
+_NO_MATH = frozenset({
+    "_name_or_path", "_commit_hash", "_attn_implementation", "_attn_implementation_autoset", "architectures",
+    "transformers_version", "model_type", "dtype", "torch_dtype", "id2label", "label2id", "num_labels",
+    "problem_type", "return_dict", "output_attentions", "output_hidden_states", "use_cache", "torchscript",
+    "use_return_dict", "chunk_size_feed_forward", "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id",
+    "decoder_start_token_id", "initializer_range", "initializer_factor", "task_specific_params",
+    "gradient_checkpointing", "finetuning_task", "tokenizer_class", "prefix", "max_length", "min_length",
+    "do_sample", "early_stopping", "num_beams", "num_beam_groups", "diversity_penalty", "temperature", "top_k",
+    "top_p", "typical_p", "repetition_penalty", "length_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "num_return_sequences", "output_scores",
+    "return_dict_in_generate", "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "tf_legacy_loss",
+    "pruned_heads",  # a pruned head changes a weight's shape, which the copy refuses by name
+})
+
+# Dropout: our models have none, and a `transformers` model in eval mode applies none, so the
+# converted model computes the same logits (training it afterwards runs without dropout).
+_DROPOUT = frozenset({
+    "resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout", "attention_dropout",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout", "dropout_rate",
+})
+
+# Per family: fields read into our configuration (any value our constructor accepts) and fields with
+# the only values we compute exactly. GPT-2's summary_* fields configure GPT2DoubleHeadsModel's
+# classification head, which GPT2LMHeadModel does not have; Llama's pretraining_tp only slices the
+# projections in old `transformers` (the same product); n_ctx is the obsolete twin of n_positions.
+_READ = {
+    "gpt2": frozenset({"vocab_size", "n_positions", "n_embd", "n_layer", "n_head", "n_inner", "layer_norm_epsilon",
+                       "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels", "n_ctx"}),
+    "llama": frozenset({"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                        "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "rope_theta",
+                        "tie_word_embeddings", "pretraining_tp"}),
+    "bert": frozenset({"vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                       "max_position_embeddings", "type_vocab_size", "layer_norm_eps"}),
+    "t5": frozenset({"vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+                     "relative_attention_num_buckets", "relative_attention_max_distance", "layer_norm_epsilon"}),
+}
+_FIXED: dict[str, dict[str, tuple[Any, ...]]] = {
+    "gpt2": {
+        "activation_function": ("gelu_new", "gelu_pytorch_tanh"),  # both are GELU's tanh approximation
+        "scale_attn_weights": (True,), "scale_attn_by_inverse_layer_idx": (False,),
+        "reorder_and_upcast_attn": (False,), "add_cross_attention": (False,), "tie_word_embeddings": (True,),
+        "is_encoder_decoder": (False,), "is_decoder": (False,),
+    },
+    "llama": {
+        "hidden_act": ("silu",), "attention_bias": (False,), "mlp_bias": (False,), "is_encoder_decoder": (False,),
+        "rope_scaling": (None,), "is_decoder": (False,),
+    },
+    "bert": {
+        "hidden_act": ("gelu",), "position_embedding_type": ("absolute",), "is_decoder": (False,),
+        "add_cross_attention": (False,), "tie_word_embeddings": (True,), "is_encoder_decoder": (False,),
+    },
+    "t5": {
+        "feed_forward_proj": ("relu",), "dense_act_fn": ("relu",), "is_gated_act": (False,),
+        "tie_word_embeddings": (True,), "scale_decoder_outputs": (True,), "is_encoder_decoder": (True,),
+        "is_decoder": (False,),
+    },
+}
+# The transformers classes whose parameter names the key tables use.
+_CLASSES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM", "bert": "BertForMaskedLM",
+            "t5": "T5ForConditionalGeneration"}
+
+
+def _check_fields(kind: str, fields: dict[str, Any]) -> None:
+    """Refuse, by name, every field of a `kind` configuration that from_hf cannot reproduce exactly."""
+    fixed = _FIXED[kind]
+    for name, value in fields.items():
+        if name in fixed:
+            if not any(value is ok or (type(value) is type(ok) and value == ok) for ok in fixed[name]):
+                allowed = " or ".join(repr(ok) for ok in fixed[name])
+                raise ValueError(f"from_hf cannot convert a {kind} model with {name}={value!r}: "
+                                 f"the course's model computes only {name}={allowed}")
+        elif name == "rope_parameters" and kind == "llama":
+            _check_rope_parameters(value)
+        elif name not in _READ[kind] and name not in _NO_MATH and name not in _DROPOUT:
+            raise ValueError(f"from_hf does not know the {kind} configuration field {name}={value!r}, which may "
+                             "change the model's computation; it refuses rather than convert a different model")
+
+
+def _check_rope_parameters(parameters: Any) -> None:
+    if parameters is None:
+        return
+    if not isinstance(parameters, dict):
+        raise ValueError(f"from_hf cannot convert a llama model with rope_parameters={parameters!r}")
+    for key, value in parameters.items():
+        if key == "rope_type" and value != "default":
+            raise ValueError(f"from_hf cannot convert a llama model with rope_parameters rope_type={value!r} "
+                             "(rope_scaling): the course's RotaryEmbedding computes only unscaled RoPE ('default')")
+        if key not in ("rope_type", "rope_theta"):
+            raise ValueError(f"from_hf cannot convert a llama model with rope_parameters {key}={value!r}: "
+                             "the course's RotaryEmbedding computes only unscaled RoPE")
+
+
 def _rope_theta(config) -> float:
     parameters = getattr(config, "rope_parameters", None)  # transformers >= 5
     if parameters and "rope_theta" in parameters:
@@ -168,35 +269,32 @@ def _rope_theta(config) -> float:
 
 def _ours_from_config(config) -> nn.Module:
     """Our model (fresh weights) matching a `transformers` configuration; refuses what we cannot express."""
-    kind = config.model_type
+    kind = getattr(config, "model_type", None)
+    if kind not in _READ:
+        raise ValueError(f"from_hf converts gpt2, llama, bert and t5 models, got model_type {kind!r}")
+    _check_fields(kind, config.to_dict())
     if kind == "gpt2":
-        if config.activation_function != "gelu_new":
-            raise ValueError(f"GPT2 conversion needs activation_function 'gelu_new', got {config.activation_function!r}")
         return GPT2(config.vocab_size, config.n_positions, config.n_embd, config.n_layer, config.n_head,
                     config.n_inner or 4 * config.n_embd, config.layer_norm_epsilon)
     if kind == "llama":
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        if head_dim * config.num_attention_heads != config.hidden_size or config.attention_bias or config.mlp_bias:
-            raise ValueError("Llama conversion needs head_dim * heads == hidden_size and no biases")
+        if head_dim * config.num_attention_heads != config.hidden_size:
+            raise ValueError(f"from_hf cannot convert a llama model with head_dim={head_dim}: the course's model "
+                             f"needs head_dim * num_attention_heads == hidden_size ({config.hidden_size})")
         return TransformerLM(config.vocab_size, config.max_position_embeddings, config.hidden_size,
                              config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
                              _rope_theta(config), config.num_key_value_heads, config.rms_norm_eps,
                              bool(config.tie_word_embeddings))
     if kind == "bert":
-        if config.hidden_act != "gelu":
-            raise ValueError(f"BERT conversion needs hidden_act 'gelu', got {config.hidden_act!r}")
         return BertForMaskedLM(config.vocab_size, config.max_position_embeddings, config.hidden_size,
                                config.num_hidden_layers, config.num_attention_heads, config.intermediate_size,
                                config.type_vocab_size, config.layer_norm_eps)
-    if kind == "t5":
-        if config.feed_forward_proj != "relu" or config.d_kv * config.num_heads != config.d_model:
-            raise ValueError("T5 conversion needs feed_forward_proj 'relu' and d_kv * num_heads == d_model")
-        if not getattr(config, "scale_decoder_outputs", config.tie_word_embeddings):  # transformers 5 / 4
-            raise ValueError("T5 conversion needs the original T5's tied, rescaled output layer (not T5 v1.1's)")
-        return T5(config.vocab_size, config.d_model, config.num_layers, config.num_heads, config.d_ff,
-                  config.num_decoder_layers, config.relative_attention_num_buckets,
-                  config.relative_attention_max_distance, config.layer_norm_epsilon, tie_embeddings=True)
-    raise ValueError(f"from_hf converts gpt2, llama, bert and t5 models, got model_type {kind!r}")
+    if config.d_kv * config.num_heads != config.d_model:
+        raise ValueError(f"from_hf cannot convert a t5 model with d_kv={config.d_kv}: the course's T5 needs "
+                         f"d_kv * num_heads == d_model ({config.d_model})")
+    return T5(config.vocab_size, config.d_model, config.num_layers, config.num_heads, config.d_ff,
+              config.num_decoder_layers, config.relative_attention_num_buckets,
+              config.relative_attention_max_distance, config.layer_norm_epsilon, tie_embeddings=True)
 
 
 def key_table(model: nn.Module) -> KeyTable:
@@ -238,8 +336,21 @@ def to_hf(model: nn.Module):
 
 
 def from_hf(hf_model) -> nn.Module:
-    """Our model with the configuration and weights of a `transformers` GPT-2, Llama, BERT (MLM) or T5 model."""
+    """Our model with the configuration and weights of a `transformers` GPT-2, Llama, BERT (MLM) or T5 model.
+
+    Exact or refused: every field of `hf_model.config` is read into our configuration, checked to
+    hold the one value the course's model computes (GELU's tanh form for GPT-2, SiLU and no biases
+    and unscaled RoPE for Llama, absolute positions for BERT, T5 1.0's ReLU and tied, rescaled
+    output), or known not to change the logits (metadata, dropout, special token ids). Anything
+    else raises a ValueError that names the field. The model must be one of GPT2LMHeadModel,
+    LlamaForCausalLM, BertForMaskedLM and T5ForConditionalGeneration, whose parameter names the
+    key tables use.
+    """
     model = _ours_from_config(hf_model.config)
+    expected = _CLASSES[hf_model.config.model_type]
+    if type(hf_model).__name__ != expected:
+        raise ValueError(f"from_hf converts a {hf_model.config.model_type} model given as {expected}, "
+                         f"got {type(hf_model).__name__}")
     table = key_table(model)
     _copy(table, dict(hf_model.named_parameters(remove_duplicate=False)), model, source_is_ours=False)
     _check_covered(model, {ours for ours, _, _ in table})

@@ -21,7 +21,7 @@ from reference.attention import MultiHeadAttention, causal_mask
 from reference.models.masks import prefix_mask
 from reference.models.parts import Block, RMSNorm, SwiGLU, check_token_ids, init_weights
 from reference.positional import RotaryEmbedding
-from reference.validation import check_int
+from reference.validation import check_int, check_positions
 
 
 class TransformerLM(nn.Module):
@@ -110,6 +110,15 @@ class TransformerLM(nn.Module):
         """
         check_token_ids(token_ids, self.vocab_size, self.context_length)
         seq = token_ids.shape[1]
+        if positions is None:
+            positions = torch.arange(seq, device=token_ids.device)
+        else:
+            check_positions("positions", positions)
+            if positions.shape[-1] != seq or (positions.dim() == 2 and positions.shape[0] not in (1, token_ids.shape[0])):
+                raise ValueError(f"positions must be ({seq},) or (batch={token_ids.shape[0]}, {seq}), "
+                                 f"got shape {tuple(positions.shape)}")
+        # One positions tensor for every layer: the shared RotaryEmbedding reads its values (>= 0,
+        # how far to grow its table) once, at the first layer, and reuses the angles after.
         if prefix_length is None:
             mask = causal_mask(seq, device=token_ids.device)  # (seq, seq)
         else:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from reference.attention import MultiHeadAttention
+from reference.validation import ArgumentTypeError, check_bool, check_float, check_int, value_range
 
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
 
@@ -33,18 +34,14 @@ class LayerNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5, bias: bool = True) -> None:
         super().__init__()
-        if d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {d_model}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        d_model, eps = check_int("d_model", d_model, 1), check_float("eps", eps, positive=True)
         self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
-        self.bias = nn.Parameter(torch.zeros(d_model)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(d_model)) if check_bool("bias", bias) else None
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise (..., d_model) -> (..., d_model)."""
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x must end in d_model={self.d_model}, got shape {tuple(x.shape)}")
+        _check_norm_input(x, self.d_model)
         h = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision is normalised in float32
         mean = h.mean(dim=-1, keepdim=True)
         var = (h - mean).pow(2).mean(dim=-1, keepdim=True)
@@ -52,6 +49,13 @@ class LayerNorm(nn.Module):
         if self.bias is not None:
             y = y + self.bias.to(h.dtype)
         return y.to(x.dtype)
+
+
+def _check_norm_input(x: Tensor, d_model: int) -> None:
+    if not isinstance(x, Tensor) or not x.is_floating_point():
+        raise ArgumentTypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.dim() < 1 or x.shape[-1] != d_model:
+        raise ValueError(f"x must end in d_model={d_model}, got shape {tuple(x.shape)}")
 
 
 class RMSNorm(nn.Module):
@@ -66,17 +70,13 @@ class RMSNorm(nn.Module):
 
     def __init__(self, d_model: int, eps: float = 1e-5) -> None:
         super().__init__()
-        if d_model <= 0:
-            raise ValueError(f"d_model must be positive, got {d_model}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
+        d_model, eps = check_int("d_model", d_model, 1), check_float("eps", eps, positive=True)
         self.d_model, self.eps = d_model, eps
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise (..., d_model) -> (..., d_model)."""
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x must end in d_model={self.d_model}, got shape {tuple(x.shape)}")
+        _check_norm_input(x, self.d_model)
         h = x.to(torch.promote_types(x.dtype, torch.float32))  # half precision is normalised in float32
         y = h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         return (y * self.weight.to(h.dtype)).to(x.dtype)
@@ -94,8 +94,7 @@ class MLP(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "gelu", bias: bool = True) -> None:
         super().__init__()
-        if d_model <= 0 or d_ff <= 0:
-            raise ValueError(f"d_model and d_ff must be positive, got {d_model}, {d_ff}")
+        d_model, d_ff = check_int("d_model", d_model, 1), check_int("d_ff", d_ff, 1)
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         self.activation = activation
@@ -125,8 +124,7 @@ class SwiGLU(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int) -> None:
         super().__init__()
-        if d_model <= 0 or d_ff <= 0:
-            raise ValueError(f"d_model and d_ff must be positive, got {d_model}, {d_ff}")
+        d_model, d_ff = check_int("d_model", d_model, 1), check_int("d_ff", d_ff, 1)
         self.w1 = nn.Linear(d_model, d_ff, bias=False)
         self.w2 = nn.Linear(d_ff, d_model, bias=False)
         self.w3 = nn.Linear(d_model, d_ff, bias=False)
@@ -204,17 +202,22 @@ class Block(nn.Module):
 
 
 def check_token_ids(token_ids: Tensor, vocab_size: int, context_length: int | None = None) -> None:
-    """Raise ValueError unless `token_ids` is an integer (batch, seq) tensor of ids in [0, vocab_size)
-    with seq <= context_length (when a context length is given)."""
+    """Raise unless `token_ids` is an integer (batch, seq) tensor of ids in [0, vocab_size) with
+    seq <= context_length (when a context length is given): ArgumentTypeError (a TypeError) for a
+    wrong type or dtype, ValueError for a wrong shape or value. Reads the values once (one
+    host synchronisation on a GPU): call it at a model's entry, not per layer."""
+    if not isinstance(token_ids, Tensor):
+        raise ArgumentTypeError(f"token_ids must be a torch.Tensor, got {type(token_ids).__name__}")
+    if token_ids.is_floating_point() or token_ids.dtype == torch.bool or token_ids.is_complex():
+        raise ArgumentTypeError(f"token_ids must hold integers, got dtype {token_ids.dtype}")
     if token_ids.dim() != 2:
         raise ValueError(f"token_ids must be (batch, seq), got shape {tuple(token_ids.shape)}")
-    if token_ids.is_floating_point() or token_ids.dtype == torch.bool or token_ids.is_complex():
-        raise ValueError(f"token_ids must hold integers, got dtype {token_ids.dtype}")
-    if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= vocab_size):
-        bad = int(token_ids.min()) if int(token_ids.min()) < 0 else int(token_ids.max())
-        raise ValueError(f"token id {bad} is out of range for vocab_size={vocab_size}")
     if context_length is not None and token_ids.shape[1] > context_length:
         raise ValueError(f"sequence of length {token_ids.shape[1]} is longer than context_length={context_length}")
+    if token_ids.numel():
+        low, high = value_range(token_ids)  # the one read of the values
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"token id {low if low < 0 else high} is out of range for vocab_size={vocab_size}")
 
 
 def init_weights(model: nn.Module, std: float = 0.02, num_layers: int | None = None) -> None:

@@ -10,6 +10,7 @@ so the operating system pages in only the windows that batches touch, and sample
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -91,7 +92,9 @@ def tokenize_to_memmap(
     Any tokenizer with `encode_iterable(lines) -> iterable of ids` works (e.g.
     `reference.tokenizer.Tokenizer`); the text is read line by line and the ids written in chunks,
     so neither needs to fit in memory. The file is written to a temporary name in the same folder
-    and renamed into place, so a crash never leaves a truncated corpus behind.
+    and renamed into place, so a crash never leaves a truncated corpus behind. Beside it goes
+    `<out_path>.json` ({"dtype", "count", "vocab_size"}), from which `open_tokens` learns the dtype:
+    a file of int32 ids is never read as uint16.
 
     Args:
         tokenizer: has `encode_iterable`.
@@ -106,6 +109,8 @@ def tokenize_to_memmap(
     dtype = token_dtype(vocab_size)
     check_int("chunk_tokens", chunk_tokens, 1)
     out_path = Path(out_path)
+    sidecar = _sidecar(out_path)
+    sidecar.unlink(missing_ok=True)  # a crash below leaves no description of another file
     count = 0
     with atomic_write(out_path, "wb") as out, open(text_path, encoding="utf-8") as text:
         buffer: list[int] = []
@@ -117,7 +122,14 @@ def tokenize_to_memmap(
         count += _write_ids(out, buffer, dtype, vocab_size)
         if count == 0:
             raise ValueError(f"text_path {str(text_path)!r} gave no tokens")
+    with atomic_write(sidecar, "w", encoding="utf-8") as file:
+        json.dump({"dtype": dtype.name, "count": count, "vocab_size": vocab_size}, file)
     return open_tokens(out_path, dtype)
+
+
+def _sidecar(path: Path) -> Path:
+    """Where `tokenize_to_memmap` describes a token file: `<path>.json`."""
+    return path.with_name(path.name + ".json")
 
 
 def _write_ids(out: BinaryIO, ids: list[int], dtype: np.dtype, vocab_size: int) -> int:
@@ -128,12 +140,39 @@ def _write_ids(out: BinaryIO, ids: list[int], dtype: np.dtype, vocab_size: int) 
     return array.size
 
 
-def open_tokens(path: str | os.PathLike, dtype: str | np.dtype = "uint16") -> np.memmap:
-    """A token file written by `tokenize_to_memmap`, opened read-only as a 1-D memmap of `dtype`."""
-    dtype = np.dtype(dtype)
+def open_tokens(path: str | os.PathLike, dtype: str | np.dtype | None = None) -> np.memmap:
+    """A token file written by `tokenize_to_memmap`, opened read-only as a 1-D memmap.
+
+    The dtype comes from the file's description, `<path>.json`, which `tokenize_to_memmap` writes;
+    a `dtype` given as well must agree with it. A file without a description (written by other
+    code) needs `dtype`: the bytes alone cannot tell uint16 ids from int32 ones, so this refuses to
+    guess rather than read the wrong numbers.
+    """
+    path = Path(path)
+    sidecar = _sidecar(path)
+    described = None
+    if sidecar.is_file():
+        try:
+            info = json.loads(sidecar.read_text(encoding="utf-8"))
+            described, count = np.dtype(info["dtype"]), int(info["count"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{str(sidecar)!r} does not describe a token file: {error}") from None
+    if dtype is None and described is None:
+        raise ValueError(f"{str(path)!r} has no description {sidecar.name!r} saying its dtype: pass dtype "
+                         "(uint16 or int32, as the file was written)")
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError:
+            raise ValueError(f"dtype must be an integer numpy dtype, got {dtype!r}") from None
+        if described is not None and dtype != described:
+            raise ValueError(f"dtype={dtype} was passed, but {str(path)!r} holds {described} ids ({sidecar.name})")
+    dtype = described if dtype is None else dtype
     if not np.issubdtype(dtype, np.integer):
         raise ValueError(f"dtype must be an integer type, got {dtype}")
     size = os.path.getsize(path)
     if size == 0 or size % dtype.itemsize:
         raise ValueError(f"{str(path)!r} holds {size} bytes, not a whole positive number of {dtype} ids")
+    if described is not None and size != count * dtype.itemsize:
+        raise ValueError(f"{str(path)!r} holds {size // dtype.itemsize} ids, but {sidecar.name} says {count}")
     return np.memmap(path, dtype=dtype, mode="r")

@@ -48,14 +48,15 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
 def cross_entropy(logits: Tensor, targets: Tensor, loss_mask: Tensor | None = None) -> Tensor:
     """Mean negative log-likelihood of `targets` under softmax(`logits`): -mean log p(target).
 
-    Every leading dimension is averaged over (batch and sequence alike). With `loss_mask`, only the
-    positions where it is true (or non-zero) count, and the mean is over those; a mask that selects
-    nothing gives 0. Float16 and bfloat16 logits are computed in float32.
+    Every leading dimension is averaged over (batch and sequence alike). With `loss_mask`, the
+    result is the weighted mean sum(w * nll) / sum(w): a bool or 0/1 mask averages over the
+    positions it selects, float weights (>= 0) weigh each position; weights that sum to 0 give 0.
+    Float16 and bfloat16 logits are computed in float32.
 
     Args:
         logits: (..., vocab) unnormalised scores.
         targets: (...) integer ids in [0, vocab).
-        loss_mask: optional (...) bool, 0/1 or float weights: which positions count.
+        loss_mask: optional (...) bool, 0/1 or float weights (>= 0): which positions count, and how much.
 
     Returns:
         A scalar tensor, differentiable with respect to `logits`.
@@ -75,8 +76,13 @@ def cross_entropy(logits: Tensor, targets: Tensor, loss_mask: Tensor | None = No
         return nll.mean()
     if loss_mask.shape != targets.shape:
         raise ValueError(f"loss_mask of shape {tuple(loss_mask.shape)} does not match targets of shape {tuple(targets.shape)}")
+    if loss_mask.is_complex():
+        raise TypeError(f"loss_mask must be bool, integer or real, got dtype {loss_mask.dtype}")
     weights = loss_mask.to(nll.dtype)
-    return (nll * weights).sum() / weights.sum().clamp(min=1)
+    if not loss_mask.dtype == torch.bool and bool((weights < 0).any()):
+        raise ValueError("loss_mask must not hold negative weights")
+    total = weights.sum()
+    return (nll * weights).sum() / torch.where(total == 0, torch.ones_like(total), total)
 
 
 class AdamW(torch.optim.Optimizer):

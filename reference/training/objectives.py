@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from reference.validation import check_int
+from reference.validation import check_float, check_int
 
 
 def _check_ids(ids: Tensor) -> None:
@@ -44,6 +44,8 @@ def next_token_prediction(ids: Tensor, pad_id: int | None = None) -> tuple[Tenso
     if ids.shape[-1] < 2:
         raise ValueError(f"ids need at least 2 tokens to predict one, got shape {tuple(ids.shape)}")
     inputs, targets = ids[..., :-1], ids[..., 1:]
+    if pad_id is not None:
+        check_int("pad_id", pad_id, None)
     loss_mask = torch.ones_like(targets, dtype=torch.bool) if pad_id is None else targets != pad_id
     return inputs, targets, loss_mask
 
@@ -78,8 +80,10 @@ def masked_language_modeling(
     """
     _check_ids(ids)
     check_int("vocab_size", vocab_size, 1)
-    if not 0 <= mask_probability <= 1:
-        raise ValueError(f"mask_probability must lie in [0, 1], got {mask_probability!r}")
+    check_float("mask_probability", mask_probability, minimum=0.0, maximum=1.0)
+    check_int("mask_token_id", mask_token_id)
+    for special in special_ids:
+        check_int("special_ids entry", special, None)
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"mask_token_id must lie in [0, {vocab_size}), got {mask_token_id!r}")
     cpu_ids = ids.cpu()
@@ -117,6 +121,8 @@ def random_spans_noise_mask(
         bool tensor of shape (length,), True at the noise tokens.
     """
     check_int("length", length, 2)
+    check_float("noise_density", noise_density)
+    check_float("mean_noise_span_length", mean_noise_span_length)
     if not 0 < noise_density < 1:
         raise ValueError(f"noise_density must lie in (0, 1), got {noise_density!r}")
     if not mean_noise_span_length > 0:
