@@ -114,7 +114,7 @@ def cosine_schedule(
         The learning rate, a float.
     """
     # Hint: the three cases of the formula in Chapter 6; check the boundaries (the first and last iteration of each
-    # case) against the values the docstring states.
+    # case) against the formulas of the docstring.
     raise NotImplementedError("Exercise 6.9: cosine schedule with warm-up")
 
 
