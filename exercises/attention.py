@@ -27,7 +27,10 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     Returns:
         Probabilities of the same shape as `x`, summing to 1 along `dim` (0 for an all -inf slice).
     """
-    # Hint: subtract x.amax(dim, keepdim=True) before torch.exp; watch out for rows that are all -inf.
+    # Hint: softmax does not change when one constant is subtracted from a whole slice; subtract each
+    # slice's maximum (keep the reduced dimension so it broadcasts) and no exponent is positive. A slice
+    # that is -inf everywhere has a -inf maximum, and -inf - (-inf) is NaN: decide what to subtract there
+    # so that such a slice comes out as zeros.
     raise NotImplementedError("Exercise 1.1: numerically stable softmax")
 
 
@@ -47,7 +50,9 @@ def causal_mask(seq_len_q: int, seq_len_k: int | None = None, *, device: torch.d
     Returns:
         Boolean tensor of shape (seq_len_q, seq_len_k), True where attending is allowed.
     """
-    # Hint: compare torch.arange over keys with torch.arange over queries shifted by seq_len_k - seq_len_q.
+    # Hint: the queries are the last seq_len_q of seq_len_k positions, so query i may see key j exactly
+    # when j <= i + (seq_len_k - seq_len_q). Comparing a key index with a query index, broadcast against
+    # each other, gives the whole (seq_len_q, seq_len_k) matrix at once.
     raise NotImplementedError("Exercise 1.2: causal mask")
 
 
@@ -65,7 +70,8 @@ def padding_mask(lengths: Tensor, max_len: int | None = None) -> Tensor:
     Returns:
         Boolean tensor of shape (batch, 1, 1, max_len).
     """
-    # Hint: torch.arange(max_len) < lengths[:, None], then add the two singleton dimensions.
+    # Hint: key j of sequence b is real when j < lengths[b]: one broadcast comparison gives (batch, max_len).
+    # The result must broadcast over heads and queries too: which two dimensions of size 1 does that need?
     raise NotImplementedError("Exercise 1.3: padding mask")
 
 
@@ -81,7 +87,9 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, scale: f
     Returns:
         Weights of shape (..., seq_q, seq_k); each row sums to 1 (0 for a fully masked row).
     """
-    # Hint: q @ k.transpose(-2, -1), scale, masked_fill(~mask, -inf) or + mask, then your softmax.
+    # Hint: the scores are the dot product of every query with every key, shape (..., seq_q, seq_k), times
+    # the scale (1 / sqrt(d_k) unless one is given). A boolean mask sends the forbidden scores to -inf; a
+    # float mask is added to the scores. Then your softmax, over the keys.
     raise NotImplementedError("Exercise 1.4: attention weights")
 
 
@@ -100,7 +108,7 @@ def scaled_dot_product_attention(
     Returns:
         Output of shape (..., seq_q, d_v). A query whose keys are all masked gets zeros.
     """
-    # Hint: your attention_weights, then a matrix product with v.
+    # Hint: the weights of exercise 1.4, then one more product: (..., seq_q, seq_k) with (..., seq_k, d_v).
     raise NotImplementedError("Exercise 1.5: scaled dot-product attention")
 
 
@@ -117,7 +125,9 @@ def repeat_kv(x: Tensor, num_repeats: int) -> Tensor:
     Returns:
         Tensor of shape (..., kv_heads * num_repeats, seq, head_dim).
     """
-    # Hint: einops.repeat(x, "... h s d -> ... (h r) s d", r=num_repeats).
+    # Hint: along the head dimension (-3), every key/value head must appear num_repeats times in a row, so
+    # that head h of the result is input head h // num_repeats. Copying each head in place and tiling the
+    # whole stack num_repeats times give different orders: check which one this is on a small example.
     raise NotImplementedError("Exercise 1.6: repeat key/value heads (GQA)")
 
 
@@ -201,7 +211,10 @@ class MultiHeadAttention(nn.Module):
         Returns:
             Output of shape (batch, seq_q, d_model).
         """
-        # Hint: project, rearrange "b s (h d) -> b h s d", apply self.positional if any, repeat_kv,
-        # attend, merge heads, out_proj.
+        # Hint: project to queries, keys and values (fused or separate, laid out as the class docstring
+        # says); split the feature dimension into heads, (batch, heads, seq, head_dim); let `positional`
+        # rotate the queries and keys, or give a bias that joins the mask; share the key/value heads among
+        # the query heads (exercise 1.6); attend with self.scale (exercise 1.5); merge the heads back and
+        # apply the output projection.
         raise NotImplementedError("Exercise 1.7: multi-head attention module")
 

@@ -33,7 +33,9 @@ def sinusoidal_encoding(length: int, d_model: int, offset: int = 0, base: float 
     Returns:
         float32 tensor of shape (length, d_model) for positions offset .. offset + length - 1.
     """
-    # Hint: positions (length, 1) divided by base ** (2i / d_model) for 2i = 0, 2, 4, ...; sin into even columns, cos into odd.
+    # Hint: pair i turns at omega_i = base^(-2i/d_model) radians per token, and position p has the angle
+    # p * omega_i: one angle for every (position, pair), an outer product. Sines fill the even columns,
+    # cosines the odd ones; with an odd d_model there is one more sine column than cosine columns.
     raise NotImplementedError("Exercise 2.1: sinusoidal encoding")
 
 
@@ -74,7 +76,11 @@ def relative_position_bucket(
     Returns:
         long tensor of bucket indices in [0, num_buckets).
     """
-    # Hint: split the buckets by direction when bidirectional; exact buckets below num_buckets // 2, log-spaced above, clamped.
+    # Hint: bidirectional: each direction gets half the buckets (keys after the query use the upper half)
+    # and the distance is |j - i|; causal: every bucket is for the past, distance max(i - j, 0). Within a
+    # direction, the first half of the buckets are exact distances; larger distances are placed by the
+    # logarithm of distance / exact (the docstring's formula) and clamped to the direction's last bucket.
+    # Take the logarithm only where the distance is large enough, so no log(0) or NaN leaks through.
     raise NotImplementedError("Exercise 2.3: T5 relative position buckets")
 
 
@@ -102,7 +108,9 @@ def rope_frequencies(head_dim: int, base: float = 10000.0) -> Tensor:
 
     Su et al., 2021, eq. 15: the same frequencies as the sinusoidal table.
     """
-    # Hint: base ** -(torch.arange(0, head_dim, 2) / head_dim), in float64.
+    # Hint: one speed per plane, theta_i = base^(-2i/head_dim) for i = 0 .. head_dim/2 - 1, the frequencies
+    # of the sinusoidal table. Compute them in float64 (angles m * theta_i for large m lose precision in
+    # float32).
     raise NotImplementedError("Exercise 2.5: RoPE frequencies")
 
 
@@ -119,7 +127,8 @@ def interleaved_to_half(x: Tensor) -> Tensor:
 
 def half_to_interleaved(x: Tensor) -> Tensor:
     """The inverse of `interleaved_to_half`: halves (i, i + d/2) back to pairs (2i, 2i+1)."""
-    # Hint: stack the two halves on a new last axis, then flatten it.
+    # Hint: the inverse permutation of interleaved_to_half: coordinate i of the first half goes back to slot
+    # 2i, coordinate i of the second half to slot 2i + 1. Check the round trip on torch.arange(8).
     raise NotImplementedError("Exercise 2.7: RoPE layouts: half to interleaved")
 
 
@@ -179,7 +188,9 @@ def alibi_slopes(num_heads: int) -> Tensor:
     2^(-8/n), 2^(-16/n), ..., 2^(-8). Otherwise: the slopes of the nearest lower power of two p,
     followed by every other slope of 2p heads, until there are n.
     """
-    # Hint: a geometric sequence starting at 2 ** (-8 / n); for other n, mix the nearest power of two and its double.
+    # Hint: for n a power of two, a geometric sequence whose first term and ratio are both 2^(-8/n). For
+    # other n: the slopes of the largest power of two p below n, then every other slope of the 2p-head
+    # sequence until there are n (Press et al., 2022, section 3).
     raise NotImplementedError("Exercise 2.10: ALiBi slopes")
 
 

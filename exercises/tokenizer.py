@@ -42,7 +42,9 @@ def pretokenize(text: str, special_tokens: Sequence[str] = ()) -> list[str]:
     Returns:
         the pre-tokens and special tokens in order; an item equal to a special token is one.
     """
-    # Hint: split on one regex alternation of the escaped special tokens, longest first, in a capturing group; then regex.findall(GPT2_PATTERN, ...) on the text between them.
+    # Hint: first cut the text at the special tokens, keeping each as a piece of its own (try longer ones
+    # first, so that a token containing another wins); then apply GPT2_PATTERN to the text between them.
+    # Joined together, the pieces give back the text.
     raise NotImplementedError("Exercise 4.10: pre-tokenise around special tokens")
 
 
@@ -51,7 +53,8 @@ def merge_pair(word: tuple[bytes, ...], pair: tuple[bytes, bytes]) -> tuple[byte
 
     Occurrences do not overlap: (a, a, a) with the pair (a, a) becomes (aa, a).
     """
-    # Hint: walk the word with an index; when word[i], word[i + 1] is the pair, emit their concatenation and skip two.
+    # Hint: scan left to right; where the pair starts, emit the merged symbol and continue after its second
+    # member, so that overlapping occurrences (a, a, a) merge from the left.
     raise NotImplementedError("Exercise 4.11: merge one pair in a word")
 
 
@@ -63,7 +66,9 @@ def find_chunk_boundaries(file: BinaryIO, desired_num_chunks: int, split_special
     the end of the file). Returns sorted, distinct offsets, the first 0 and the last the file's size:
     piece k is bytes [boundaries[k], boundaries[k + 1]). Fewer pieces than asked when the token is rare.
     """
-    # Hint: guesses at i * (size // n); from each, read blocks forward and bytes.find the token (keep len(token) - 1 bytes of overlap between blocks).
+    # Hint: start from evenly spaced guesses and move each forward to the next occurrence of the split
+    # token, reading the file in blocks; the token can straddle two blocks, so let consecutive blocks
+    # overlap. Guesses that end up at the same place collapse into one boundary.
     raise NotImplementedError("Exercise 4.12: chunk boundaries at special tokens")
 
 
@@ -96,7 +101,10 @@ def train_bpe(
             then one id per merge in order.
         merges: the merged pairs (bytes, bytes), in the order they were created.
     """
-    # Hint: Counter of pre-tokens (pretokenize, special tokens dropped) -> words as tuples of single bytes; pair -> count and pair -> set of words; each merge re-counts only the words in the merged pair's set. max by (count, pair) breaks ties.
+    # Hint: count the pre-tokens once (special tokens removed) and treat each distinct one as a tuple of
+    # single bytes, weighted by its count. Keep the count of every adjacent pair, and an index from each
+    # pair to the words that contain it, so that a merge revisits only those words, not the whole corpus.
+    # Ties go to the lexicographically greatest pair, as the docstring says.
     raise NotImplementedError("Exercise 4.13: train byte-level BPE")
 
 
@@ -106,7 +114,8 @@ def apply_merges(token: bytes, ranks: Mapping[tuple[bytes, bytes], int]) -> list
     Starting from single bytes, repeatedly merge (every occurrence, left to right) the adjacent pair
     with the lowest rank in `ranks` (its position in the merge list), until no adjacent pair has one.
     """
-    # Hint: while some adjacent pair has a rank: take the pair with the lowest rank and merge_pair it.
+    # Hint: among the adjacent pairs, the one learned earliest (lowest rank) is merged first, everywhere in
+    # the word; repeat until no adjacent pair is a learned merge.
     raise NotImplementedError("Exercise 4.14: encode one pre-token by merge rank")
 
 
@@ -158,18 +167,21 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """The text of `ids`: their bytes joined and decoded as UTF-8, with invalid sequences (a slice of
         ids that cuts a character) replaced by U+FFFD rather than raising."""
-        # Hint: b"".join of the tokens' bytes, then .decode("utf-8", errors="replace").
+        # Hint: a character can span two tokens, so join the tokens' bytes first and decode the UTF-8 once, at
+    # the end; invalid bytes become U+FFFD rather than an error.
         raise NotImplementedError("Exercise 4.15: tokenizer (encode, decode, stream, save, load)")
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the tokenizer to a JSON file, atomically; token bytes are stored as hex strings."""
-        # Hint: json.dump to tempfile.mkstemp(dir=the target's folder), then os.replace; bytes.hex() for the tokens.
+        # Hint: write atomically (a temporary file in the target's folder, then one rename over the target);
+    # tokens are bytes, which JSON cannot hold, so store them as text that round-trips exactly.
         raise NotImplementedError("Exercise 4.15: tokenizer (encode, decode, stream, save, load)")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
         """A tokenizer read back from a file written by `save`; ValueError naming the file when it is not one."""
-        # Hint: json.loads, bytes.fromhex, cls(vocab, merges, special_tokens); turn any parsing error into a ValueError naming the path.
+        # Hint: the inverse of save, then the constructor (which validates); any parsing error becomes a
+        # ValueError that names the path.
         raise NotImplementedError("Exercise 4.15: tokenizer (encode, decode, stream, save, load)")
 
 

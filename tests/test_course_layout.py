@@ -36,7 +36,7 @@ def test_environment_yml_agrees_with_pyproject():
     pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
     conda = [d for d in env["dependencies"] if isinstance(d, str)]
     project = PYPROJECT["project"]
-    wanted = _requirements(project["dependencies"] + project["optional-dependencies"]["dev"])
+    wanted = _requirements(project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra])
     assert _requirements([line for line in pip_section if not line.startswith("-e")]) == wanted
     assert "-e ." in pip_section
     python = next(d for d in conda if d.startswith("python"))
@@ -142,7 +142,9 @@ def test_readme_chapter_table_and_commands():
     assert table.group(1).strip() == catalog.markdown_table(), "README's chapter table: run `llm-course list --markdown`"
     assert "make lab" in readme and "make test" in readme
     ci = (ROOT / ".ci" / "run").read_text()
-    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == ["make test"]
+    assert [line for line in ci.splitlines() if line and not line.startswith(("#", "set ", "cd "))] == [
+        "make test", "make test-browser"]
+    assert "set -euo pipefail" in ci
 
 
 @pytest.mark.parametrize("module", sorted({ex.module for ch in catalog.CHAPTERS for ex in ch.exercises}))

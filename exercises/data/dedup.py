@@ -108,7 +108,9 @@ def minhash_signature(items: Iterable[str], num_perm: int = 128, seed: int = 1) 
     Returns:
         uint64 array of shape (num_perm,), entries in [0, p].
     """
-    # Hint: a, b = minhash_permutations(...); broadcast (a[:, None] * x[None, :] + b[:, None]) % p, then min over items.
+    # Hint: reduce each distinct item to an integer below p once, evaluate all num_perm functions
+    # (a_i x + b_i) mod p on all items at once by broadcasting (the products stay below 2^62, so 64-bit
+    # integers do not overflow), and keep each function's minimum over the items. Mind the empty set.
     raise NotImplementedError("Exercise 4.4: MinHash signature")
 
 
@@ -134,7 +136,9 @@ def lsh_candidate_pairs(signatures: np.ndarray, bands: int, rows: int) -> set[tu
     Returns:
         set of (i, j) with i < j.
     """
-    # Hint: per band, a dict from row.tobytes() to the documents in that bucket.
+    # Hint: two documents are candidates when all `rows` entries of some band are equal. Group the
+    # documents by the content of each band (it needs a hashable key) and pair up every group's members;
+    # never compare all pairs of documents.
     raise NotImplementedError("Exercise 4.5: LSH candidate pairs")
 
 

@@ -197,16 +197,28 @@ def toxicity_stage(threshold: float = 0.02, classifier: quality.TextClassifier |
 # ----------------------------------------------------------------------------------------------
 
 
-def stats_table(stats: Sequence[StageStats]) -> str:
-    """A plain-text table: one row per stage (documents and words in, out, changed) and its drop reasons."""
-    header = f"{'stage':<20} {'docs in':>8} {'docs out':>8} {'changed':>8} {'words in':>11} {'words out':>11}  dropped because"
-    rows = [header, "-" * len(header)]
+def stats_table(stats: Sequence[StageStats], width: int = 100) -> str:
+    """A plain-text table about `width` characters wide: one row per stage (documents in and out,
+    documents changed, words in and out) and its drop reasons, wrapped between reasons and, for a
+    reason longer than its column, between words, never inside a word or before the count."""
+    import textwrap
+
+    top = f"{'':<18} {'docs':>5} {'docs':>5} {'docs':>7} {'words':>9} {'words':>9}"
+    head = f"{'stage':<18} {'in':>5} {'out':>5} {'changed':>7} {'in':>9} {'out':>9}  "
+    room = max(24, width - len(head))
+    rows = [top, head + "dropped because", "-" * (len(head) + room)]
     for s in stats:
-        reasons = ", ".join(f"{reason}: {n}" for reason, n in s.reasons.most_common()) or "-"
-        rows.append(
-            f"{s.name:<20} {s.documents_in:>8} {s.documents_out:>8} {s.changed:>8}"
-            f" {s.words_in:>11,} {s.words_out:>11,}  {reasons}"
-        )
+        units = [f"{reason}:\u00a0{n}" for reason, n in s.reasons.most_common()] or ["-"]  # no break before a count
+        lines: list[str] = []
+        for k, unit in enumerate(units):
+            piece = unit + ("," if k < len(units) - 1 else "")
+            if lines and len(lines[-1]) + 1 + len(piece) <= room:
+                lines[-1] += " " + piece
+            else:
+                lines += textwrap.wrap(piece, room, break_long_words=False, break_on_hyphens=False) or [piece]
+        prefix = (f"{s.name:<18} {s.documents_in:>5} {s.documents_out:>5} {s.changed:>7}"
+                  f" {s.words_in:>9,} {s.words_out:>9,}  ")
+        rows += [(prefix if i == 0 else " " * len(prefix)) + line.replace("\u00a0", " ") for i, line in enumerate(lines)]
     return "\n".join(rows)
 
 

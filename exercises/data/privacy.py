@@ -45,7 +45,8 @@ def luhn_valid(number: str) -> bool:
     with another character, or with no digits, is not valid.
     Example: "79927398713" is valid.
     """
-    # Hint: iterate over reversed(digits) with enumerate; double the odd positions.
+    # Hint: first keep only the digits (spaces and dashes allowed, anything else invalid); the check digit,
+    # the rightmost one, is not doubled, the one left of it is, and so on alternately.
     raise NotImplementedError("Exercise 4.6: Luhn check")
 
 

@@ -170,7 +170,9 @@ def logistic_regression_step(
     Returns:
         (new weights of shape (dim,), new bias, the loss at the weights given, before the step).
     """
-    # Hint: z = X @ w + b; p = 1 / (1 + exp(-z)); the gradient is X.T @ (p - y) / n + l2 * w.
+    # Hint: the loss and both gradients are in the docstring. Evaluate the loss at the weights you are
+    # given (before the step), keep log(1 + e^z) and the sigmoid finite for large |z|, and leave the bias
+    # out of the L2 penalty.
     raise NotImplementedError("Exercise 4.2: logistic-regression step")
 
 

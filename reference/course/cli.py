@@ -1,6 +1,6 @@
 """`llm-course`: the course's command line. Thin: it parses arguments, calls the package, prints.
 
-    llm-course list [CHAPTER ...] [--markdown]        chapters, exercises and their points
+    llm-course list [CHAPTER ...] [--markdown] [--tests]   chapters, exercises and their points
     llm-course grade [CHAPTER ...] [--impl exercises|reference] [--json PATH] [--timeout SECONDS]
 """
 
@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
-from pathlib import Path
 
-from reference.course import catalog, grader
+from reference.course import catalog, grader, listing
 
 
 def _chapters(keys: list[str], parser: argparse.ArgumentParser) -> list[catalog.Chapter]:
@@ -24,26 +22,15 @@ def _chapters(keys: list[str], parser: argparse.ArgumentParser) -> list[catalog.
 
 def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.markdown:
-        print(catalog.markdown_table())
+        print(listing.markdown_table())
         return 0
     chapters = _chapters(args.chapters, parser)
-    results: list[grader.TestResult] = []
-    files = [path for ch in chapters for path in ch.tests]
-    if files:
-        with tempfile.TemporaryDirectory(prefix="llm-course-list-") as tmp:
-            results, errors = grader.run_tests(
-                files, "reference", grader.course_root(), Path(tmp), timeout=60, collect_only=True
-            )
+    tests = None
+    if args.tests or listing.needs_tests(chapters):  # points from the tests' markers only where the catalog has none
+        tests, errors = listing.count_tests(chapters)
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
-    points = grader.points_by_exercise(results)
-    for ch in chapters:
-        print(f"Chapter {ch.number:2d}  {ch.title}  [{ch.slug}]  survey {ch.survey_section}  {ch.notebook}")
-        for ex in ch.exercises:
-            pts = points.get(ex.id, (0, 0, ""))[1]
-            print(f"    {ex.id:<5} {ex.title:<40} {pts:>3} points   exercises/{ex.module.replace('.', '/')}.py: {ex.qualname}")
-        if ch.exercises:
-            print(f"    {'':<5} {'total':<40} {sum(points.get(e.id, (0, 0, ''))[1] for e in ch.exercises):>3} points")
+    print(listing.format_listing(chapters, tests, show_tests=args.tests))
     return 0
 
 
@@ -64,10 +51,11 @@ def cmd_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-course", description="Understanding LLMs: the course's command line.")
     sub = parser.add_subparsers(dest="command", required=True)
-    listing = sub.add_parser("list", help="show chapters, exercises and points")
-    listing.add_argument("chapters", nargs="*", metavar="CHAPTER", help="number (1, 01) or short name (attention)")
-    listing.add_argument("--markdown", action="store_true", help="print the README's chapter table instead")
-    listing.set_defaults(run=cmd_list)
+    lister = sub.add_parser("list", help="show chapters, exercises and points")
+    lister.add_argument("chapters", nargs="*", metavar="CHAPTER", help="number (1, 01) or short name (attention)")
+    lister.add_argument("--markdown", action="store_true", help="print the README's chapter table instead")
+    lister.add_argument("--tests", action="store_true", help="also count each exercise's tests (collects them: seconds)")
+    lister.set_defaults(run=cmd_list)
     grading = sub.add_parser("grade", help="grade exercises and write Gradescope's results.json")
     grading.add_argument("chapters", nargs="*", metavar="CHAPTER", help="number (1, 01) or short name; none: all")
     grading.add_argument("--impl", choices=grader.IMPLEMENTATIONS, default="exercises", help="what to grade (default: exercises)")
