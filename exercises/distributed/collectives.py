@@ -27,7 +27,8 @@ def broadcast(tensor: Tensor, src: int = 0) -> None:
         tensor: the data on `src`, the destination on the other ranks; any shape, same on all ranks.
         src: the root rank.
     """
-    # Hint: v = (rank - src) % world; for mask = 1, 2, 4, ...: holders (v < mask) send to v + mask, ranks in [mask, 2 mask) receive from v - mask.
+    # Hint: renumber the ranks relative to the root; in round j the ranks that already hold the data each send it
+    # to one rank that does not, so the holders double. Send and receive only through p2p.
     raise NotImplementedError("Exercise 7.1: broadcast along a binomial tree")
 
 
@@ -43,7 +44,8 @@ def reduce(tensor: Tensor, dst: int = 0, op: str = "sum") -> None:
         dst: the root rank.
         op: "sum", "product", "max" or "min".
     """
-    # Hint: work on a clone; in round mask, a rank with v & mask sends to v - mask and stops, the others receive from v + mask and p2p.combine_.
+    # Hint: the broadcast's tree run backwards: partial results flow toward the root, each rank sends once and then
+    # stops. Don't change the input on ranks that are not the root.
     raise NotImplementedError("Exercise 7.2: reduce along a binomial tree")
 
 
@@ -57,7 +59,7 @@ def all_reduce_naive(tensor: Tensor, op: str = "sum") -> None:
         tensor: this rank's contribution; the combined result on every rank afterwards.
         op: "sum", "product", "max" or "min".
     """
-    # Hint: rank 0 p2p.recv's from every other rank and combines, then p2p.send's the result back to each.
+    # Hint: one rank collects and combines every contribution, then returns the result to each rank.
     raise NotImplementedError("Exercise 7.3: naive all-reduce")
 
 
@@ -75,7 +77,8 @@ def ring_reduce_scatter(chunks: list[Tensor], op: str = "sum") -> None:
             and shapes may differ between chunks.
         op: "sum", "product", "max" or "min".
     """
-    # Hint: n - 1 steps of p2p.exchange(chunks[send], right, incoming, left) then p2p.combine_(chunks[recv], incoming, op).
+    # Hint: n - 1 steps; in each, every rank sends one partial chunk to its right neighbour and folds the chunk from
+    # its left into its own copy. Work out which chunk index each rank sends in step s so that chunk r ends on rank r.
     raise NotImplementedError("Exercise 7.4: ring reduce-scatter step")
 
 
@@ -88,7 +91,8 @@ def ring_all_gather(chunks: list[Tensor]) -> None:
     Args:
         chunks: n contiguous tensors; on entry only `chunks[rank]` needs to hold data.
     """
-    # Hint: n - 1 steps of p2p.exchange(chunks[(rank - s) % n], right, chunks[(rank - s - 1) % n], left).
+    # Hint: n - 1 steps around the same ring: each step forwards the complete chunk received last (at first, your own)
+    # and overwrites, rather than combines, the chunk that arrives. Which index arrives in step s?
     raise NotImplementedError("Exercise 7.5: ring all-gather step")
 
 
@@ -103,7 +107,8 @@ def all_reduce_ring(tensor: Tensor, op: str = "sum") -> None:
         tensor: this rank's contribution; the combined result on every rank afterwards.
         op: "sum", "product", "max" or "min".
     """
-    # Hint: flatten a clone, chunks = list(flat.tensor_split(world)), your two ring steps, copy back into tensor.
+    # Hint: reduce-scatter then all-gather on n nearly equal pieces of a flat copy (any size must work, even one not
+    # divisible by n); the pieces must be views of that copy so the result can be written back into `tensor`.
     raise NotImplementedError("Exercise 7.6: ring all-reduce")
 
 
@@ -120,7 +125,8 @@ def all_reduce_recursive_doubling(tensor: Tensor, op: str = "sum") -> None:
         tensor: this rank's contribution; the combined result on every rank afterwards.
         op: "sum", "product", "max" or "min".
     """
-    # Hint: fold the first 2e ranks (even -> odd), exchange with partner new_rank ^ mask for each bit, then unfold.
+    # Hint: with p the largest power of two <= n, the extra ranks first hand their data to a partner and sit out;
+    # the p ranks swap whole tensors with the rank whose number differs in one bit, one bit per round; then unfold.
     raise NotImplementedError("Exercise 7.7: recursive-doubling all-reduce")
 
 
@@ -132,7 +138,7 @@ def reduce_scatter(output: Tensor, input_list: list[Tensor], op: str = "sum") ->
         input_list: n tensors; block i (the same shape on every rank) is destined for rank i.
         op: "sum", "product", "max" or "min".
     """
-    # Hint: flattened clones of the blocks, your ring_reduce_scatter, then copy chunks[rank] into output.
+    # Hint: the ring reduce-scatter does the work; leave the caller's list of blocks unchanged.
     raise NotImplementedError("Exercise 7.8: reduce-scatter")
 
 
@@ -143,7 +149,7 @@ def all_gather(tensor_list: list[Tensor], tensor: Tensor) -> None:
         tensor_list: n output tensors, each of `tensor`'s shape and dtype.
         tensor: this rank's contribution; the same shape on every rank.
     """
-    # Hint: n flat buffers, yours filled with tensor, your ring_all_gather, then copy each into tensor_list.
+    # Hint: the ring all-gather does the work, with your tensor in your own slot.
     raise NotImplementedError("Exercise 7.9: all-gather")
 
 
@@ -157,6 +163,7 @@ def all_to_all(output_list: list[Tensor], input_list: list[Tensor]) -> None:
         output_list: n tensors; output_list[i] has the shape of rank i's input_list[rank].
         input_list: n tensors; input_list[i] is destined for rank i.
     """
-    # Hint: copy your own block, then for step in 1..n-1 exchange with (rank + step) % n and (rank - step) % n.
+    # Hint: keep your own block; in each of n - 1 steps send to one rank and receive from another so that every
+    # pair meets exactly once and nobody waits on a rank that is sending elsewhere.
     raise NotImplementedError("Exercise 7.10: all-to-all")
 

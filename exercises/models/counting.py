@@ -20,6 +20,7 @@ def llama_parameter_count(
     Returns:
         {"embeddings", "attention", "feed_forward", "norms", "head"} -> number of parameters.
     """
-    # Hint: head_dim = d_model // num_heads; write each component as the docstring lists it.
+    # Hint: count one layer (attention with its smaller key/value projections under GQA, three SwiGLU matrices,
+    # two norm scales), multiply by the layers, then add what sits outside them; a tied head adds nothing.
     raise NotImplementedError("Exercise 5.8: closed-form parameter count")
 

@@ -74,7 +74,7 @@ class TransformerLM(nn.Module):
         Returns:
             (batch, seq, vocab_size) logits; position t predicts token t + 1.
         """
-        # Hint: check the ids, pick causal_mask or prefix_mask, embed, run the layers, ln_final, lm_head.
+        # Hint: the order of Chapter 5's forward-pass trace; the mask depends on whether a prefix length is given.
         raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
 
     def generate(
@@ -85,6 +85,7 @@ class TransformerLM(nn.Module):
         The simplest decoder, recomputing the whole window at every step (Chapter 15 adds the
         key/value cache). temperature 0 means greedy; the window slides when the context fills.
         """
-        # Hint: loop: logits of the last position of the last context_length tokens, argmax or multinomial, concatenate.
+        # Hint: one token per step; the model can only read its last context_length tokens, and only the last
+        # position's scores matter. Temperature 0 means the most likely token; otherwise sample from `generator`.
         raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
 

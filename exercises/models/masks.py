@@ -25,6 +25,7 @@ def prefix_mask(seq_len: int, prefix_length: int | Tensor, *, device: torch.devi
         Boolean mask (seq_len, seq_len) for an int, (batch, 1, seq_len, seq_len) for a tensor.
         prefix_length 0 gives the causal mask; prefix_length seq_len gives the all-True one.
     """
-    # Hint: key j is visible to query i when j <= i or j < prefix_length; compare aranges.
+    # Hint: start from the causal rule and add the prefix's columns; build it by broadcasting position indices
+    # (rows: queries, columns: keys), no loop. A tensor of lengths adds a batch dimension, and a head dimension of 1.
     raise NotImplementedError("Exercise 5.6: prefix-decoder mask")
 

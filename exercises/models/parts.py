@@ -34,7 +34,8 @@ class LayerNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise (..., d_model) -> (..., d_model)."""
-        # Hint: mean and biased variance over the last dimension (in float32 for half-precision input), then weight and bias.
+        # Hint: statistics over the last dimension only, one token at a time; which variance does nn.LayerNorm use
+        # (divide by d or by d - 1)? Where does eps go? Compute in float32 for half-precision input, return x's dtype.
         raise NotImplementedError("Exercise 5.1: LayerNorm")
 
 
@@ -54,7 +55,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise (..., d_model) -> (..., d_model)."""
-        # Hint: x * rsqrt(mean(x ** 2) + eps) * weight, over the last dimension.
+        # Hint: the RMSNorm formula of Zhang & Sennrich (2019): no centring and no bias; eps sits inside the root.
+        # The output must not change when x is multiplied by a positive constant (a test checks it).
         raise NotImplementedError("Exercise 5.2: RMSNorm")
 
 

@@ -38,7 +38,8 @@ def save_checkpoint(
         generator: a `torch.Generator` (e.g. the one `get_batch` draws from) whose state is saved too.
         config: plain data describing the run (numbers, strings, lists, dicts), kept for reference.
     """
-    # Hint: build the dict; for a path, torch.save to tempfile.mkstemp(dir=the same folder), then os.replace.
+    # Hint: a reader must never see half a file: write somewhere else on the same file system, make sure the bytes
+    # reach the disk, then swap the file into place in one atomic step; clean up if anything fails.
     raise NotImplementedError("Exercise 6.12: save a checkpoint atomically")
 
 
@@ -66,5 +67,6 @@ def load_checkpoint(
     Returns:
         The saved iteration.
     """
-    # Hint: torch.load(src, map_location="cpu", weights_only=True), then load_state_dict and the RNG setters.
+    # Hint: a checkpoint is a pickle: load it so that it can rebuild tensors but never call code. Then restore
+    # everything the next iteration depends on (the same keys save_checkpoint writes).
     raise NotImplementedError("Exercise 6.13: load a checkpoint safely")

@@ -39,5 +39,6 @@ def get_batch(
     Returns:
         inputs and targets, each a long tensor of shape (batch_size, context_length) on `device`.
     """
-    # Hint: torch.randint(0, len(dataset) - context_length, (batch_size,), generator=generator) for the starts; np.stack the windows of context_length + 1.
+    # Hint: draw the start positions from `generator` so that every valid start is equally likely (what is the last
+    # start whose window of context_length + 1 tokens still fits?). Targets are the inputs shifted by one.
     raise NotImplementedError("Exercise 6.11: random batches of a token array")

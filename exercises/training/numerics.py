@@ -29,7 +29,8 @@ def log_softmax(x: Tensor, dim: int = -1) -> Tensor:
     Returns:
         Log-probabilities of the same shape and dtype as `x`.
     """
-    # Hint: subtract the max along dim (detached), then subtract the log of the sum of exponentials.
+    # Hint: the log-sum-exp identity with c = the max over `dim`: every exponent is then <= 0. Which gradient does the
+    # shift need (it does not change the result)?
     raise NotImplementedError("Exercise 6.6: stable log-softmax")
 
 
@@ -49,7 +50,8 @@ def cross_entropy(logits: Tensor, targets: Tensor, loss_mask: Tensor | None = No
     Returns:
         A scalar tensor, differentiable with respect to `logits`.
     """
-    # Hint: your log_softmax, then gather the targets' log-probabilities; with a mask, a weighted mean.
+    # Hint: your log_softmax, then pick each position's target entry (torch.gather). The mask may hold fractional
+    # weights: the mean is weighted, so divide by the total weight, not by a count.
     raise NotImplementedError("Exercise 6.7: cross-entropy")
 
 
@@ -83,12 +85,13 @@ class AdamW(torch.optim.Optimizer):
         weight_decay: float = 1e-2,
     ) -> None:
         """Check the hyper-parameters; they become the defaults of every parameter group."""
-        # Hint: check each argument (ValueError naming it), then super().__init__(params, defaults dict).
+        # Hint: validate each hyper-parameter (ValueError naming it); the defaults go to torch.optim.Optimizer's constructor.
         raise NotImplementedError("Exercise 6.8: AdamW")
 
     def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
         """One update of every parameter that has a gradient; returns the closure's loss, if given."""
-        # Hint: under torch.no_grad(), keep step, exp_avg and exp_avg_sq in self.state[p]; decay the parameter first, then the moments, then the bias-corrected step.
+        # Hint: the per-parameter state must survive state_dict()/load_state_dict() under torch.optim.AdamW's names; follow
+        # the update of Loshchilov & Hutter (2019) in its order: decoupled decay, both moments, bias correction, the step.
         raise NotImplementedError("Exercise 6.8: AdamW")
 
 
@@ -111,7 +114,8 @@ def cosine_schedule(
     Returns:
         The learning rate, a float.
     """
-    # Hint: three cases: it < warmup_iters, it <= cosine_cycle_iters, after.
+    # Hint: the three cases of the formula in Chapter 6; check the boundaries (the first and last iteration of each
+    # case) against the formulas of the docstring.
     raise NotImplementedError("Exercise 6.9: cosine schedule with warm-up")
 
 
@@ -131,5 +135,6 @@ def clip_grad_norm_(parameters: Iterable[Tensor] | Tensor, max_l2_norm: float, e
     Returns:
         The total norm before clipping, a scalar float32 tensor (on the gradients' device).
     """
-    # Hint: one norm over all gradients: the norm of the per-tensor norms; scale in place only when it exceeds max_l2_norm.
+    # Hint: one global norm for all gradients together (not one per tensor); every gradient is scaled by the same factor,
+    # with the epsilon of the formula, and only when the norm exceeds the threshold. Return the norm before clipping.
     raise NotImplementedError("Exercise 6.10: gradient clipping")

@@ -28,7 +28,8 @@ def next_token_prediction(ids: Tensor, pad_id: int | None = None) -> tuple[Tenso
     Returns:
         inputs (..., seq - 1), targets (..., seq - 1), loss_mask (..., seq - 1) bool.
     """
-    # Hint: inputs drop the last token, targets the first (slice the last dimension); loss_mask compares targets with pad_id.
+    # Hint: position t reads tokens up to t and is scored on token t + 1; padded targets are not scored. Work on the
+    # last dimension so that a batch works too.
     raise NotImplementedError("Exercise 6.1: next-token prediction")
 
 
@@ -60,7 +61,8 @@ def masked_language_modeling(
         inputs (the corrupted ids), targets (the original ids) and loss_mask (the chosen
         positions, bool), each of ids' shape.
     """
-    # Hint: from `generator`: torch.rand for which tokens are chosen (not torch.isin(ids, special_ids)), torch.rand for the action, torch.randint for replacements; torch.where.
+    # Hint: every random draw comes from `generator`. Special ids are never chosen; a chosen token becomes [MASK],
+    # a random id or itself with probabilities 0.8, 0.1, 0.1, decided independently per token, without a Python loop.
     raise NotImplementedError("Exercise 6.2: masked language modelling (80/10/10)")
 
 
@@ -88,7 +90,8 @@ def random_spans_noise_mask(
     Returns:
         bool tensor of shape (length,), True at the noise tokens.
     """
-    # Hint: the counts first; cut n items into k positive parts by choosing k - 1 of the n - 1 gaps (torch.randperm); interleave kept and noise lengths; torch.repeat_interleave.
+    # Hint: the counts come from the length alone (see the docstring); only the placement is random. Split the noise
+    # tokens and the kept tokens each into the same number of non-empty runs, then alternate them.
     raise NotImplementedError("Exercise 6.3: T5 random noise spans")
 
 
@@ -121,7 +124,8 @@ def span_corruption(
         inputs (..., seq - num_noise + num_spans), targets (..., num_noise + num_spans) and
         loss_mask (all True, the shape of targets).
     """
-    # Hint: per row, one random_spans_noise_mask; inputs collapse each noise span to its sentinel, targets collapse each kept span to the sentinel of the noise span after it.
+    # Hint: one noise mask per row; each noise span becomes one sentinel in the inputs, and the targets list each
+    # sentinel followed by the span it replaced. Check: putting the spans back gives the row.
     raise NotImplementedError("Exercise 6.4: span corruption with sentinels")
 
 
@@ -146,5 +150,6 @@ def prefix_language_modeling(
         inputs (..., seq - 1), targets (..., seq - 1), loss_mask (..., seq - 1) bool, and
         prefix_lengths (...) long: (batch,) for batched ids, a 0-d tensor otherwise.
     """
-    # Hint: next_token_prediction's inputs and targets; loss_mask from comparing arange(seq - 1) + 1 with each row's prefix length.
+    # Hint: reuse next-token prediction; only targets after the prefix are scored. Which target index is the first
+    # one past a prefix of length P?
     raise NotImplementedError("Exercise 6.5: prefix language model")
