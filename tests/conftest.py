@@ -87,6 +87,9 @@ class Implementation:
             if hasattr(package, name):
                 return getattr(package, name)
             raise AttributeError(f"{self.package} has no module {name!r}") from error
+        torch = sys.modules.get("torch")
+        if torch is not None and not _FORWARD_HOOK:  # every nn.Module's output is checked too
+            _FORWARD_HOOK.append(torch.nn.modules.module.register_module_forward_hook(_check_module_output))
         return Implementation(module) if hasattr(found, "__path__") else CheckedModule(found)
 
     def __repr__(self) -> str:
@@ -193,10 +196,6 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def impl(request: pytest.FixtureRequest) -> Implementation:
     """The implementation under test; see the module docstring."""
-    if not _FORWARD_HOOK:
-        import torch
-
-        _FORWARD_HOOK.append(torch.nn.modules.module.register_module_forward_hook(_check_module_output))
     return Implementation(request.config.getoption("--impl"))
 
 
