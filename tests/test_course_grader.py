@@ -418,7 +418,7 @@ def test_a_latin1_source_is_read_as_python_reads_it(toy_course, tmp_path):
 
 def test_a_source_the_check_cannot_parse_refuses_only_its_exercise(toy_course, tmp_path):
     """Attack 5: a RecursionError in the static check refuses that module's exercise, not the run."""
-    deep = TOY_REFERENCE["toy2"] + "\nX = " + "-" * 200000 + "1\n"
+    deep = TOY_REFERENCE["toy2"] + "\nX = 1" + "+1" * 200000 + "\n"  # RecursionError in ast.parse
     results, _, _ = grade_toy(toy_course, tmp_path, {"toy": TOY_REFERENCE["toy"], "toy2": deep})
     scores = by_exercise(results)
     assert scores == {"90.1": 4, "90.2": 0}
@@ -430,13 +430,12 @@ def test_no_route_leads_to_the_solution(toy_course, tmp_path):
     disk and exec'd, runpy, and the module beside the grader's own package: none yields the solution."""
     hostile = f"""
 import importlib, os, runpy, sys
-import reference
 def _routes():
     yield lambda: getattr(importlib.import_module("refer" + "ence.toy"), "double")
     yield lambda: getattr(importlib.import_module(name="reference.toy"), "double")
     yield lambda: sys.modules["reference.toy"].double
     for path in ({str(toy_course / "reference" / "toy.py")!r}, {str(ROOT / "reference" / "attention.py")!r},
-                 os.path.join(os.path.dirname(reference.__file__), "toy.py")):
+                 os.path.join(os.path.dirname(importlib.import_module("refer" + "ence").__file__), "toy.py")):
         yield lambda path=path: runpy.run_path(path)["double"]
         def _exec(path=path):
             scope = {{}}
@@ -458,8 +457,32 @@ def double(x):
 
 
 def test_the_graded_copy_withholds_the_solutions():
-    source = grader.withhold_solutions(TOY_REFERENCE["toy2"] + "\ndef helper():\n    return 1\n", "toy2", ["total"])
+    source = grader.withhold_solutions(TOY_REFERENCE["toy2"] + "\ndef helper():\n    return total([1])\n", "toy2", ["total"])
     assert "return sum" not in source and "from exercises.toy2 import total" in source and "def helper" in source
+    assert "_withheld('total')" in source  # bound on first use when the learner's module is still importing
+
+
+def test_every_chapter_imports_in_the_graded_copy_whatever_is_imported_first(tmp_path):
+    """The withheld copy has no import cycle: each learner module (here the reference's own
+    source, which imports the most) can be imported first, and the names are the learner's."""
+    submission = tmp_path / "submission"
+    shutil.copytree(ROOT / "exercises", submission / "exercises")
+    for ch in catalog.CHAPTERS:
+        for ex in ch.exercises:
+            shutil.copy(ROOT / "reference" / (ex.module.replace(".", "/") + ".py"), submission / "exercises" / (ex.module.replace(".", "/") + ".py"))
+    chapters = [ch for ch in catalog.CHAPTERS if ch.exercises]
+    (tmp_path / "stage").mkdir()
+    course, copied = grader.stage_course(ROOT, tmp_path / "stage", "exercises", chapters, submission)
+    modules = sorted({ex.module for ch in chapters for ex in ch.exercises})
+    for first in ("models.llama", "data.pipeline", "training.numerics"):
+        code = "import importlib\n" + "".join(f"importlib.import_module('exercises.{m}')\n" for m in [first, *modules])
+        code += "".join(
+            f"assert getattr(importlib.import_module('reference.{ex.module}'), '{ex.qualname}').__module__ == 'exercises.{ex.module}'\n"
+            for ch in chapters for ex in ch.exercises
+        )  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", code], cwd=course, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": f"{copied}{os.pathsep}{course}"})  # fmt: skip
+        assert proc.returncode == 0, (first, proc.stderr[-2000:])
 
 
 def test_a_value_that_compares_equal_to_anything_scores_nothing(toy_course, tmp_path):

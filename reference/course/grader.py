@@ -313,20 +313,92 @@ def static_refusals(source_file: Path, module: str, exercises: list[catalog.Exer
 # ----------------------------------------------------------------------------------------------
 
 
+WITHHELD_PRELUDE = """
+def _withheld(name):
+    import importlib
+    value = getattr(importlib.import_module(_WITHHELD[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __getattr__(name):
+    if name in _WITHHELD:
+        return _withheld(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+"""
+
+
 def withhold_solutions(source: str, module: str, names: list[str]) -> str:
     """`reference/<module>.py`'s source with the top-level definitions `names` replaced, each in its
-    place, by an import of the learner's own from `exercises.<module>`."""
+    place, by an import of the learner's own from `exercises.<module>`.
+
+    When the learner's module is itself being imported (it imports a package whose `__init__`
+    imports this module), the import cannot finish yet: the name is then bound on first use, by the
+    module's `__getattr__` for other modules and by a lookup in this module's own functions.
+    """
     tree = ast.parse(source)
+    withheld = {stmt.name for stmt in tree.body
+                if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and stmt.name in names}  # fmt: skip
+    source_module = f"exercises.{module}"
+
+    class Lookup(ast.NodeTransformer):
+        def visit_Name(self, node: ast.Name) -> ast.AST:
+            if node.id in withheld and isinstance(node.ctx, ast.Load):
+                found = ast.parse(f"(globals().get({node.id!r}) or _withheld({node.id!r}))", mode="eval").body
+                return ast.copy_location(found, node)
+            return node
+
+    def lookup_in_bodies(stmt: ast.stmt) -> ast.stmt:
+        for node in ast.walk(stmt):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                node.body = [Lookup().visit(child) for child in node.body]
+        return stmt
+
     body: list[ast.stmt] = []
     for stmt in tree.body:
-        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and stmt.name in names:
-            body.append(ast.ImportFrom(module=f"exercises.{module}", names=[ast.alias(stmt.name)], level=0))
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and stmt.name in withheld:
+            body += ast.parse(
+                f"try:\n    from {source_module} import {stmt.name}\nexcept ImportError:\n    pass  # bound on first use\n"
+            ).body
         else:
-            body.append(stmt)
-    tree.body = body
+            body.append(lookup_in_bodies(stmt))
+    prelude = ast.parse(f"_WITHHELD = {dict.fromkeys(sorted(withheld), source_module)!r}\n" + WITHHELD_PRELUDE).body
+    future = [stmt for stmt in body if isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__"]
+    rest = [stmt for stmt in body if stmt not in future]
+    docstring = rest[:1] if rest and isinstance(rest[0], ast.Expr) and isinstance(rest[0].value, ast.Constant) else []
+    tree.body = docstring + future + prelude + rest[len(docstring):]
     return "# The graded copy: this chapter's solutions are withheld; the names below are the learner's.\n" + ast.unparse(
         ast.fix_missing_locations(tree)
     ) + "\n"
+
+
+def lazy_reexports(source: str, withheld: dict[str, set[str]]) -> str:
+    """A package `__init__`'s source whose re-exports of withheld names (`from reference.models.llama
+    import TransformerLM`) are resolved on first use, by a module `__getattr__`: importing a sibling
+    module from the learner's own must not need the learner's module finished."""
+    tree = ast.parse(source)
+    lazy: dict[str, tuple[str, str]] = {}
+    body: list[ast.stmt] = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and stmt.module and stmt.module.startswith("reference."):
+            names = withheld.get(stmt.module[len("reference."):], set())
+            keep = [alias for alias in stmt.names if alias.name not in names]
+            for alias in stmt.names:
+                if alias.name in names:
+                    lazy[alias.asname or alias.name] = (stmt.module, alias.name)
+            if not keep:
+                continue
+            stmt.names = keep
+        body.append(stmt)
+    if not lazy:
+        return source
+    tree.body = body + ast.parse(
+        f"_LAZY = {lazy!r}\n\n\ndef __getattr__(name):\n    if name in _LAZY:\n        import importlib\n"
+        "        module, attr = _LAZY[name]\n        value = getattr(importlib.import_module(module), attr)\n"
+        "        globals()[name] = value\n        return value\n"
+        "    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')\n"
+    ).body
+    return ast.unparse(ast.fix_missing_locations(tree)) + "\n"
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -368,6 +440,9 @@ def stage_course(root: Path, target: Path, impl: str, chapters: list[Chapter], f
             path = course / "reference" / (module.replace(".", "/") + ".py")
             if path.is_file():
                 path.write_text(withhold_solutions(path.read_text(encoding="utf-8"), module, names), encoding="utf-8")
+        withheld = {module: set(names) for module, names in by_module.items()}
+        for init in (course / "reference").rglob("__init__.py"):
+            init.write_text(lazy_reexports(init.read_text(encoding="utf-8"), withheld), encoding="utf-8")
         _read_only(submission)
     _read_only(course)
     return course, submission
