@@ -101,11 +101,13 @@ _COMPARISON = ("__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__ha
 _BUILTIN_VALUES = (bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset)
 
 
-def check_plain(value: Any, where: str, depth: int = 0) -> None:
+def check_plain(value: Any, where: str, depth: int = 0, budget: list[int] | None = None) -> None:
     """Raise TypeError if `value` (or what it holds) is not a plain value a test can compare safely:
     a tensor must be exactly a `torch.Tensor` (or `nn.Parameter`), a numpy array exactly an
     ndarray, and a subclass of a built-in value type must not override comparison or iteration."""
-    if depth > 6:
+    budget = [20000] if budget is None else budget  # items looked at per result: large outputs stay cheap
+    budget[0] -= 1
+    if depth > 6 or budget[0] < 0:
         return
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
@@ -128,11 +130,11 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
                 raise TypeError(f"{where} returned a {kind.__qualname__} that defines its own ==; return plain values")
     if isinstance(value, tuple | list | set | frozenset):
         for item in list(value)[:10000]:
-            check_plain(item, where, depth + 1)
+            check_plain(item, where, depth + 1, budget)
     elif isinstance(value, dict):
         for key, item in list(value.items())[:10000]:
-            check_plain(key, where, depth + 1)
-            check_plain(item, where, depth + 1)
+            check_plain(key, where, depth + 1, budget)
+            check_plain(item, where, depth + 1, budget)
 
 
 def _checked(fn: Any, where: str) -> Any:

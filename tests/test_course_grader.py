@@ -373,7 +373,7 @@ atexit.register(_forever)
 def double(x):
     return 2 * x
 """
-    results, _, seconds = grade_toy(toy_course, tmp_path, {"toy": hostile, "toy2": TOY_REFERENCE["toy2"]})
+    results, _, seconds = grade_toy(toy_course, tmp_path, {"toy": hostile, "toy2": TOY_REFERENCE["toy2"]}, budget=100)
     assert results["score"] == 10
     assert seconds < 60
 
@@ -381,8 +381,8 @@ def double(x):
 def test_the_time_budget_bounds_the_whole_run(toy_course, tmp_path):
     """Attack 4: every call loops forever; the budget, not the tests' number, bounds the run."""
     hostile = "def double(x):\n    while True:\n        pass\n"
-    results, _, seconds = grade_toy(toy_course, tmp_path, {"toy": hostile, "toy2": TOY_REFERENCE["toy2"]}, timeout=3, budget=12)
-    assert seconds < 40
+    results, _, seconds = grade_toy(toy_course, tmp_path, {"toy": hostile, "toy2": TOY_REFERENCE["toy2"]}, timeout=3, budget=8)
+    assert seconds < 25  # without the budget: 7 hangs of 3 s, each with a fresh process
     assert results["score"] < 10 and results["max_score"] == 10
     assert any("budget" in t["output"] for t in results["tests"])
 

@@ -743,7 +743,7 @@ for qualname in qualnames:
     members = [obj] + ([m for m in vars(obj).values() if inspect.isfunction(m)] if inspect.isclass(obj) else [])
     for member in members:
         try:
-            where = inspect.getsourcefile(member) or ""
+            where = inspect.getsourcefile(inspect.unwrap(member)) or ""  # through @torch.no_grad() and the like
         except TypeError:
             where = ""
         if member is None or not where.startswith(package_dir + os.sep):
