@@ -495,6 +495,7 @@ class Sandbox:
     # (closed folder, what inside it the interpreter needs, an empty staging folder): e.g. a Python
     # installed under /root (mode 0700), re-exposed alone to the unprivileged user
     expose: tuple[tuple[str, str, str], ...] = ()
+    note: str = ""  # why the tests did not run as the unprivileged user, when they could not
 
     @classmethod
     def make(cls, tmp: Path, root: Path) -> Sandbox:
@@ -519,7 +520,19 @@ class Sandbox:
                 staging = tmp / f"expose-{k}"
                 staging.mkdir()
                 expose.append((str(closed), str(needed), str(staging)))
-        return cls(uid, gid, tuple(str(p) for p in hidden_paths(root)), str(home), tuple(expose))
+        sandbox = cls(uid, gid, tuple(str(p) for p in hidden_paths(root)), str(home), tuple(expose))
+        if uid is not None and not sandbox.works(tmp):
+            sandbox.uid = sandbox.gid = None  # the interpreter is out of the unprivileged user's reach here
+            sandbox.note = f"the tests ran as root: user {UNPRIVILEGED_USER!r} cannot run {sys.executable}"
+        return sandbox
+
+    def works(self, cwd: Path) -> bool:
+        """Whether the interpreter starts in this sandbox (as the unprivileged user, with the mounts)."""
+        try:
+            return subprocess.run([sys.executable, "-c", "import pytest"], cwd=cwd, preexec_fn=self.preexec, env=_child_env(self, []),
+                                  stdin=subprocess.DEVNULL, capture_output=True, timeout=120).returncode == 0  # fmt: skip
+        except (OSError, subprocess.SubprocessError):
+            return False
 
     def preexec(self) -> None:  # runs in the child between fork and exec: no Python-level locks here
         resource.setrlimit(resource.RLIMIT_FSIZE, (OUTPUT_LIMIT_BYTES, OUTPUT_LIMIT_BYTES))
@@ -980,6 +993,8 @@ def grade(
         os.chmod(tmp, 0o755)
         course, submission = stage_course(course_src, tmp, impl, report.chapters, folder)
         sandbox = Sandbox.make(tmp, course_src)
+        if sandbox.note:
+            report.errors.append(f"warning: {sandbox.note}")
         for chapter in report.chapters:
             work = tmp / f"ch{chapter.number:02d}"
             work.mkdir(mode=0o755)
