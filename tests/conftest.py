@@ -117,6 +117,10 @@ def check_plain(value: Any, where: str, depth: int = 0, budget: list[int] | None
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray) and type(value) is not numpy.ndarray:
         raise TypeError(f"{where} returned a {type(value).__qualname__}, a subclass of numpy.ndarray; return a plain array")
+    if numpy is not None and isinstance(value, numpy.generic):  # numpy's own scalars (float64 is a float subclass)
+        if type(value).__module__ != "numpy":
+            raise TypeError(f"{where} returned a {type(value).__qualname__}, a subclass of a numpy scalar type")
+        return
     kind = type(value)
     for base in _BUILTIN_VALUES:
         if isinstance(value, base):
