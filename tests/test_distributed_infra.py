@@ -131,6 +131,145 @@ def test_a_failed_call_leaves_no_message_behind(cluster3):
     assert cluster3.run(_receive_one)[1] == 1.0, "the next call must not receive the stale 99"
 
 
+class _NeedsTwoArguments(Exception):
+    def __init__(self, a: int, b: int) -> None:  # pickle rebuilds it with one: it cannot be rebuilt
+        super().__init__(f"{a} and {b}")
+
+
+def _raise_unrebuildable(label: str) -> str:
+    if dist.get_rank() == 1:
+        raise _NeedsTwoArguments(1, 2)
+    return label
+
+
+def _explode_in_the_parent() -> None:
+    if multiprocessing.parent_process() is None:
+        raise ValueError("this value cannot be rebuilt in the parent")
+
+
+class _Bomb:
+    def __reduce__(self):
+        return (_explode_in_the_parent, ())
+
+
+def _return_a_bomb_on_rank_two(label: str):
+    return _Bomb() if dist.get_rank() == 2 else label
+
+
+def test_an_exception_that_cannot_be_rebuilt_is_reported_and_leaves_nothing_behind(cluster3):
+    with pytest.raises(RankError, match="rank 1: failed") as info:
+        cluster3.run(_raise_unrebuildable, "first")
+    assert "_NeedsTwoArguments" in str(info.value) and "_raise_unrebuildable" in str(info.value)  # its traceback
+    assert cluster3.run(_rank_and_world, 5) == [(r, 3, 6) for r in range(3)], "never the previous call's result"
+
+
+def test_a_result_that_does_not_unpickle_is_reported_and_leaves_nothing_behind(cluster3):
+    with pytest.raises(RankError, match="(?s)rank 2: .*could not be unpickled") as info:
+        cluster3.run(_return_a_bomb_on_rank_two, "first")
+    assert "cannot be rebuilt in the parent" in str(info.value)
+    assert cluster3.run(_rank_and_world, 7) == [(r, 3, 8) for r in range(3)], "never the previous call's result"
+
+
+def _alive(marker: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = open(f"/proc/{entry}/cmdline", "rb").read()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                found.append(int(entry))
+    return found
+
+
+def _start_processes(marker: str, hang: bool) -> int:
+    code = "import time; time.sleep(600)"
+    subprocess.Popen([sys.executable, "-c", code, marker])
+    subprocess.Popen([sys.executable, "-c", code, marker], start_new_session=True)
+    if os.fork() == 0:  # a daemon: double fork, new session
+        os.setsid()
+        if os.fork() == 0:
+            os.execv(sys.executable, [sys.executable, "-c", code, marker])
+        os._exit(0)
+    time.sleep(1)
+    while hang:
+        pass
+    return dist.get_rank()
+
+
+def _gone(marker: str, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while _alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not _alive(marker)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process trees are read from /proc")
+def test_processes_started_by_ranks_end_with_the_call_and_with_the_kill():
+    marker = f"llm-course-rank-child-{os.getpid()}"
+    with Cluster(2, backend="gloo", timeout=60) as cluster:
+        assert cluster.run(_start_processes, marker + "-a", False) == [0, 1]
+        assert _gone(marker + "-a"), "after a normal return"
+        with pytest.raises(TimeoutError):
+            cluster.run(_start_processes, marker + "-b", True, timeout=8)
+        assert _gone(marker + "-b"), "after the time-out kill"
+
+
+PARENT = """
+import sys, time
+from reference.distributed.launch import Cluster
+from tests.test_distributed_infra import _busy
+cluster = Cluster(2, backend="gloo", timeout=600)
+cluster.start()
+print(cluster._folder, *[p.pid for p in cluster._processes], flush=True)
+cluster.run(_busy)
+"""
+
+
+def _busy() -> None:
+    while True:
+        pass
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process trees are read from /proc")
+def test_a_busy_rank_dies_with_a_sigkilled_parent_and_its_folder_goes(tmp_path):
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=root, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": root})  # fmt: skip
+    folder, *pids = parent.stdout.readline().split()
+    time.sleep(2)  # the ranks are busy
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (os.path.exists(folder) or any(os.path.exists(f"/proc/{p}") for p in pids)):
+        time.sleep(0.2)
+    assert not any(os.path.exists(f"/proc/{p}") for p in pids), "a rank outlived its parent"
+    assert not os.path.exists(folder), "the rendezvous folder leaked"
+
+
+def test_a_process_that_fails_to_start_leaks_no_folder(monkeypatch):
+    import multiprocessing.context as context
+    import tempfile
+
+    made = []
+    real_mkdtemp, real_start = tempfile.mkdtemp, context.SpawnProcess.start
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(real_mkdtemp(*a, **k)) or made[-1])
+    calls = []
+
+    def start(self):
+        calls.append(self)
+        if len(calls) == 2:
+            raise OSError("cannot start a process")
+        real_start(self)
+
+    monkeypatch.setattr(context.SpawnProcess, "start", start)
+    with pytest.raises(OSError, match="cannot start"):
+        Cluster(3, backend="gloo").start()
+    assert made and not any(os.path.exists(folder) for folder in made)
+    assert not calls[0].is_alive()
+
+
 def test_bad_cluster_arguments():
     with pytest.raises(ValueError, match="world_size"):
         Cluster(0)

@@ -6,18 +6,68 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+# Library code an exercise may not use, because calling it would be the whole exercise. An entry is a
+# dotted name, refused with everything below it ("torch.optim.lr_scheduler" refuses its classes);
+# one ending in "*" refuses every name that starts with it ("torch.nn.Transformer*"); one starting
+# with "." refuses a method of that name on any object (".softmax" for `x.softmax(-1)`). The grader
+# resolves import aliases (`F` for `torch.nn.functional`) and checks the exercise's own definition
+# and the module-level code it reaches. Every exercise also refuses ALWAYS_REFUSED.
+ALWAYS_REFUSED = ("transformers", "torch.ops", "torch._C", "torch._refs", "torch._decomp", "torch._prims")
+SOFTMAX = (
+    "torch.softmax", "torch.log_softmax", "torch._softmax", "torch._log_softmax", "torch.special.softmax",
+    "torch.special.log_softmax", "torch.nn.functional.softmax", "torch.nn.functional.log_softmax",
+    "torch.nn.functional.softmin", "torch.nn.functional.gumbel_softmax", "torch.nn.Softmax", "torch.nn.LogSoftmax",
+    "torch.nn.Softmin", ".softmax", ".log_softmax",
+)  # fmt: skip
+MHA_LIBRARY = ("torch.nn.MultiheadAttention", "torch.nn.functional.multi_head_attention_forward")
+SDPA_LIBRARY = MHA_LIBRARY + (
+    "torch.nn.functional.scaled_dot_product_attention", "torch.nn.attention", "torch._scaled_dot_product*",
+    "torch._fused_sdp*",
+)  # fmt: skip
+LAYER_NORM = ("torch.nn.functional.layer_norm", "torch.layer_norm", "torch.native_layer_norm", "torch.nn.LayerNorm",
+              "torch.nn.functional.group_norm", "torch.group_norm", "torch.nn.GroupNorm")  # fmt: skip
+RMS_NORM = ("torch.nn.functional.rms_norm", "torch.rms_norm", "torch.nn.RMSNorm", "torch._fused_rms_norm*")
+CROSS_ENTROPY = ("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss", "torch.nn.CrossEntropyLoss",
+                 "torch.nn.NLLLoss", "torch.nll_loss*", "torch.cross_entropy*")  # fmt: skip
+ADAM = ("torch.optim.Adam", "torch.optim.AdamW", "torch.optim.adam", "torch.optim.adamw", "torch.optim._functional",
+        "torch._fused_adam*")  # fmt: skip
+CLIP_GRAD = ("torch.nn.utils.clip_grad*", "torch.nn.utils.clip_grads_with_norm_", "torch.nn.utils.get_total_norm")
+TOKENIZER_LIBRARIES = ("tokenizers", "tiktoken", "sentencepiece")
+COLLECTIVES_LIBRARY = tuple(
+    f"torch.distributed.{name}"
+    for name in ("broadcast*", "reduce*", "all_reduce*", "all_gather*", "all_to_all*", "scatter*", "gather*",
+                 "_functional_collectives", "nn", "_reduce_scatter_base", "_all_gather_base", "algorithms")
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Exercise:
-    """One exercise: a function or class of `reference.<module>` that a learner writes in `exercises.<module>`."""
+    """One exercise: a function or class of `reference.<module>` that a learner writes in `exercises.<module>`.
+
+    `points` weighs its difficulty (1 to 10), whatever the number of its tests: the grader shares
+    them among the exercise's tests in proportion to the tests' `@pytest.mark.points` weights.
+    `refused` names the library calls that would make it trivial (see ALWAYS_REFUSED above).
+    """
 
     id: str  # "1.3": chapter number and position in the chapter
     title: str
     module: str  # module path below the package, e.g. "attention" or "models.llama"
     qualname: str  # "causal_mask" or "MultiHeadAttention"
+    points: int = 1
+    refused: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.points, int) or isinstance(self.points, bool) or not 1 <= self.points <= 10:
+            raise ValueError(f"exercise {self.id}: points must be an int from 1 to 10, got {self.points!r}")
 
     @property
     def chapter(self) -> int:
         return int(self.id.split(".")[0])
+
+    @property
+    def refused_calls(self) -> tuple[str, ...]:
+        """Every library name this exercise may not use: its own list and ALWAYS_REFUSED."""
+        return tuple(dict.fromkeys(self.refused + ALWAYS_REFUSED))
 
 
 @dataclass(frozen=True)
@@ -51,13 +101,13 @@ CHAPTERS: tuple[Chapter, ...] = (
         survey_section="1.2(a) Self-Attention Mechanism",
         modules=("attention",),
         exercises=(
-            Exercise("1.1", "numerically stable softmax", "attention", "softmax"),
-            Exercise("1.2", "causal mask", "attention", "causal_mask"),
-            Exercise("1.3", "padding mask", "attention", "padding_mask"),
-            Exercise("1.4", "attention weights", "attention", "attention_weights"),
-            Exercise("1.5", "scaled dot-product attention", "attention", "scaled_dot_product_attention"),
-            Exercise("1.6", "repeat key/value heads (GQA)", "attention", "repeat_kv"),
-            Exercise("1.7", "multi-head attention module", "attention", "MultiHeadAttention"),
+            Exercise("1.1", "numerically stable softmax", "attention", "softmax", points=2, refused=SOFTMAX),
+            Exercise("1.2", "causal mask", "attention", "causal_mask", points=2, refused=("torch.nn.Transformer*",)),
+            Exercise("1.3", "padding mask", "attention", "padding_mask", points=2),
+            Exercise("1.4", "attention weights", "attention", "attention_weights", points=3, refused=MHA_LIBRARY),
+            Exercise("1.5", "scaled dot-product attention", "attention", "scaled_dot_product_attention", points=3, refused=SDPA_LIBRARY),
+            Exercise("1.6", "repeat key/value heads (GQA)", "attention", "repeat_kv", points=2),
+            Exercise("1.7", "multi-head attention module", "attention", "MultiHeadAttention", points=8, refused=MHA_LIBRARY + ("torch.nn.Transformer*",)),
         ),
         tests=("tests/test_attention.py",),
     ),
@@ -68,18 +118,18 @@ CHAPTERS: tuple[Chapter, ...] = (
         survey_section="1.2(a) Positional Embedding",
         modules=("positional",),
         exercises=(
-            Exercise("2.1", "sinusoidal encoding", "positional", "sinusoidal_encoding"),
-            Exercise("2.2", "learned position embeddings", "positional", "LearnedPositionalEmbedding"),
-            Exercise("2.3", "T5 relative position buckets", "positional", "relative_position_bucket"),
-            Exercise("2.4", "T5 relative position bias", "positional", "RelativePositionBias"),
-            Exercise("2.5", "RoPE frequencies", "positional", "rope_frequencies"),
-            Exercise("2.6", "RoPE layouts: interleaved to half", "positional", "interleaved_to_half"),
-            Exercise("2.7", "RoPE layouts: half to interleaved", "positional", "half_to_interleaved"),
-            Exercise("2.8", "apply a rotation (both layouts)", "positional", "apply_rope"),
-            Exercise("2.9", "rotary embedding with a growing cache", "positional", "RotaryEmbedding"),
-            Exercise("2.10", "ALiBi slopes", "positional", "alibi_slopes"),
-            Exercise("2.11", "ALiBi bias", "positional", "alibi_bias"),
-            Exercise("2.12", "ALiBi as an attention scheme", "positional", "ALiBi"),
+            Exercise("2.1", "sinusoidal encoding", "positional", "sinusoidal_encoding", points=3),
+            Exercise("2.2", "learned position embeddings", "positional", "LearnedPositionalEmbedding", points=2),
+            Exercise("2.3", "T5 relative position buckets", "positional", "relative_position_bucket", points=5),
+            Exercise("2.4", "T5 relative position bias", "positional", "RelativePositionBias", points=4),
+            Exercise("2.5", "RoPE frequencies", "positional", "rope_frequencies", points=2),
+            Exercise("2.6", "RoPE layouts: interleaved to half", "positional", "interleaved_to_half", points=2),
+            Exercise("2.7", "RoPE layouts: half to interleaved", "positional", "half_to_interleaved", points=2),
+            Exercise("2.8", "apply a rotation (both layouts)", "positional", "apply_rope", points=4),
+            Exercise("2.9", "rotary embedding with a growing cache", "positional", "RotaryEmbedding", points=5),
+            Exercise("2.10", "ALiBi slopes", "positional", "alibi_slopes", points=3),
+            Exercise("2.11", "ALiBi bias", "positional", "alibi_bias", points=3),
+            Exercise("2.12", "ALiBi as an attention scheme", "positional", "ALiBi", points=4),
         ),
         tests=("tests/test_positional.py",),
     ),
@@ -91,21 +141,21 @@ CHAPTERS: tuple[Chapter, ...] = (
         modules=("data.corpus", "data.quality", "data.dedup", "data.privacy", "data.toxicity", "data.pipeline",
                  "data.samples", "tokenizer"),
         exercises=(
-            Exercise("4.1", "quality signals", "data.quality", "quality_signals"),
-            Exercise("4.2", "logistic-regression step", "data.quality", "logistic_regression_step"),
-            Exercise("4.3", "shingles", "data.dedup", "shingles"),
-            Exercise("4.4", "MinHash signature", "data.dedup", "minhash_signature"),
-            Exercise("4.5", "LSH candidate pairs", "data.dedup", "lsh_candidate_pairs"),
-            Exercise("4.6", "Luhn check", "data.privacy", "luhn_valid"),
-            Exercise("4.7", "find personal data", "data.privacy", "find_pii"),
-            Exercise("4.8", "word-list toxicity score", "data.toxicity", "word_list_score"),
-            Exercise("4.9", "pipeline with per-stage statistics", "data.pipeline", "Pipeline"),
-            Exercise("4.10", "pre-tokenise around special tokens", "tokenizer", "pretokenize"),
-            Exercise("4.11", "merge one pair in a word", "tokenizer", "merge_pair"),
-            Exercise("4.12", "chunk boundaries at special tokens", "tokenizer", "find_chunk_boundaries"),
-            Exercise("4.13", "train byte-level BPE", "tokenizer", "train_bpe"),
-            Exercise("4.14", "encode one pre-token by merge rank", "tokenizer", "apply_merges"),
-            Exercise("4.15", "tokenizer (encode, decode, stream, save, load)", "tokenizer", "Tokenizer"),
+            Exercise("4.1", "quality signals", "data.quality", "quality_signals", points=3),
+            Exercise("4.2", "logistic-regression step", "data.quality", "logistic_regression_step", points=4, refused=("sklearn", "scipy")),
+            Exercise("4.3", "shingles", "data.dedup", "shingles", points=2),
+            Exercise("4.4", "MinHash signature", "data.dedup", "minhash_signature", points=4, refused=("datasketch",)),
+            Exercise("4.5", "LSH candidate pairs", "data.dedup", "lsh_candidate_pairs", points=4, refused=("datasketch",)),
+            Exercise("4.6", "Luhn check", "data.privacy", "luhn_valid", points=2),
+            Exercise("4.7", "find personal data", "data.privacy", "find_pii", points=5),
+            Exercise("4.8", "word-list toxicity score", "data.toxicity", "word_list_score", points=2),
+            Exercise("4.9", "pipeline with per-stage statistics", "data.pipeline", "Pipeline", points=5),
+            Exercise("4.10", "pre-tokenise around special tokens", "tokenizer", "pretokenize", points=3, refused=TOKENIZER_LIBRARIES),
+            Exercise("4.11", "merge one pair in a word", "tokenizer", "merge_pair", points=2, refused=TOKENIZER_LIBRARIES),
+            Exercise("4.12", "chunk boundaries at special tokens", "tokenizer", "find_chunk_boundaries", points=3, refused=TOKENIZER_LIBRARIES),
+            Exercise("4.13", "train byte-level BPE", "tokenizer", "train_bpe", points=9, refused=TOKENIZER_LIBRARIES),
+            Exercise("4.14", "encode one pre-token by merge rank", "tokenizer", "apply_merges", points=4, refused=TOKENIZER_LIBRARIES),
+            Exercise("4.15", "tokenizer (encode, decode, stream, save, load)", "tokenizer", "Tokenizer", points=8, refused=TOKENIZER_LIBRARIES),
         ),
         tests=("tests/test_data_quality.py", "tests/test_data_dedup.py", "tests/test_data_privacy.py",
                "tests/test_data_toxicity.py", "tests/test_data_pipeline.py", "tests/test_tokenizer.py"),
@@ -118,14 +168,14 @@ CHAPTERS: tuple[Chapter, ...] = (
         modules=("models.parts", "models.masks", "models.llama", "models.gpt", "models.encoder",
                  "models.encoder_decoder", "models.counting", "models.hf"),
         exercises=(
-            Exercise("5.1", "LayerNorm", "models.parts", "LayerNorm"),
-            Exercise("5.2", "RMSNorm", "models.parts", "RMSNorm"),
-            Exercise("5.3", "GELU / ReLU feed-forward block", "models.parts", "MLP"),
-            Exercise("5.4", "SwiGLU feed-forward block", "models.parts", "SwiGLU"),
-            Exercise("5.5", "pre-norm and post-norm residual block", "models.parts", "Block"),
-            Exercise("5.6", "prefix-decoder mask", "models.masks", "prefix_mask"),
-            Exercise("5.7", "LLaMA-style causal decoder", "models.llama", "TransformerLM"),
-            Exercise("5.8", "closed-form parameter count", "models.counting", "llama_parameter_count"),
+            Exercise("5.1", "LayerNorm", "models.parts", "LayerNorm", points=3, refused=LAYER_NORM),
+            Exercise("5.2", "RMSNorm", "models.parts", "RMSNorm", points=2, refused=RMS_NORM),
+            Exercise("5.3", "GELU / ReLU feed-forward block", "models.parts", "MLP", points=2),
+            Exercise("5.4", "SwiGLU feed-forward block", "models.parts", "SwiGLU", points=3),
+            Exercise("5.5", "pre-norm and post-norm residual block", "models.parts", "Block", points=4, refused=("torch.nn.Transformer*",)),
+            Exercise("5.6", "prefix-decoder mask", "models.masks", "prefix_mask", points=2),
+            Exercise("5.7", "LLaMA-style causal decoder", "models.llama", "TransformerLM", points=8, refused=("torch.nn.Transformer*",)),
+            Exercise("5.8", "closed-form parameter count", "models.counting", "llama_parameter_count", points=4),
         ),
         tests=("tests/test_models.py",),
     ),
@@ -137,19 +187,19 @@ CHAPTERS: tuple[Chapter, ...] = (
         modules=("training.objectives", "training.numerics", "training.data", "training.checkpoint",
                  "training.trainer", "training.assets", "pretrained"),
         exercises=(
-            Exercise("6.1", "next-token prediction", "training.objectives", "next_token_prediction"),
-            Exercise("6.2", "masked language modelling (80/10/10)", "training.objectives", "masked_language_modeling"),
-            Exercise("6.3", "T5 random noise spans", "training.objectives", "random_spans_noise_mask"),
-            Exercise("6.4", "span corruption with sentinels", "training.objectives", "span_corruption"),
-            Exercise("6.5", "prefix language model", "training.objectives", "prefix_language_modeling"),
-            Exercise("6.6", "stable log-softmax", "training.numerics", "log_softmax"),
-            Exercise("6.7", "cross-entropy", "training.numerics", "cross_entropy"),
-            Exercise("6.8", "AdamW", "training.numerics", "AdamW"),
-            Exercise("6.9", "cosine schedule with warm-up", "training.numerics", "cosine_schedule"),
-            Exercise("6.10", "gradient clipping", "training.numerics", "clip_grad_norm_"),
-            Exercise("6.11", "random batches of a token array", "training.data", "get_batch"),
-            Exercise("6.12", "save a checkpoint atomically", "training.checkpoint", "save_checkpoint"),
-            Exercise("6.13", "load a checkpoint safely", "training.checkpoint", "load_checkpoint"),
+            Exercise("6.1", "next-token prediction", "training.objectives", "next_token_prediction", points=2),
+            Exercise("6.2", "masked language modelling (80/10/10)", "training.objectives", "masked_language_modeling", points=5),
+            Exercise("6.3", "T5 random noise spans", "training.objectives", "random_spans_noise_mask", points=6),
+            Exercise("6.4", "span corruption with sentinels", "training.objectives", "span_corruption", points=5),
+            Exercise("6.5", "prefix language model", "training.objectives", "prefix_language_modeling", points=3),
+            Exercise("6.6", "stable log-softmax", "training.numerics", "log_softmax", points=2, refused=SOFTMAX + ("torch.logsumexp", ".logsumexp")),
+            Exercise("6.7", "cross-entropy", "training.numerics", "cross_entropy", points=3, refused=CROSS_ENTROPY),
+            Exercise("6.8", "AdamW", "training.numerics", "AdamW", points=6, refused=ADAM),
+            Exercise("6.9", "cosine schedule with warm-up", "training.numerics", "cosine_schedule", points=3, refused=("torch.optim.lr_scheduler",)),
+            Exercise("6.10", "gradient clipping", "training.numerics", "clip_grad_norm_", points=3, refused=CLIP_GRAD),
+            Exercise("6.11", "random batches of a token array", "training.data", "get_batch", points=2),
+            Exercise("6.12", "save a checkpoint atomically", "training.checkpoint", "save_checkpoint", points=4),
+            Exercise("6.13", "load a checkpoint safely", "training.checkpoint", "load_checkpoint", points=5),
         ),
         tests=("tests/test_training_objectives.py", "tests/test_training_numerics.py", "tests/test_training_data.py",
                "tests/test_training_checkpoint.py"),
@@ -161,16 +211,16 @@ CHAPTERS: tuple[Chapter, ...] = (
         survey_section="2.4(a) Parallel Training",
         modules=("distributed.launch", "distributed.p2p", "distributed.collectives", "distributed.cost", "distributed.measure"),
         exercises=(
-            Exercise("7.1", "broadcast along a binomial tree", "distributed.collectives", "broadcast"),
-            Exercise("7.2", "reduce along a binomial tree", "distributed.collectives", "reduce"),
-            Exercise("7.3", "naive all-reduce", "distributed.collectives", "all_reduce_naive"),
-            Exercise("7.4", "ring reduce-scatter step", "distributed.collectives", "ring_reduce_scatter"),
-            Exercise("7.5", "ring all-gather step", "distributed.collectives", "ring_all_gather"),
-            Exercise("7.6", "ring all-reduce", "distributed.collectives", "all_reduce_ring"),
-            Exercise("7.7", "recursive-doubling all-reduce", "distributed.collectives", "all_reduce_recursive_doubling"),
-            Exercise("7.8", "reduce-scatter", "distributed.collectives", "reduce_scatter"),
-            Exercise("7.9", "all-gather", "distributed.collectives", "all_gather"),
-            Exercise("7.10", "all-to-all", "distributed.collectives", "all_to_all"),
+            Exercise("7.1", "broadcast along a binomial tree", "distributed.collectives", "broadcast", points=5, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.2", "reduce along a binomial tree", "distributed.collectives", "reduce", points=5, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.3", "naive all-reduce", "distributed.collectives", "all_reduce_naive", points=3, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.4", "ring reduce-scatter step", "distributed.collectives", "ring_reduce_scatter", points=5, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.5", "ring all-gather step", "distributed.collectives", "ring_all_gather", points=4, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.6", "ring all-reduce", "distributed.collectives", "all_reduce_ring", points=5, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.7", "recursive-doubling all-reduce", "distributed.collectives", "all_reduce_recursive_doubling", points=6, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.8", "reduce-scatter", "distributed.collectives", "reduce_scatter", points=4, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.9", "all-gather", "distributed.collectives", "all_gather", points=4, refused=COLLECTIVES_LIBRARY),
+            Exercise("7.10", "all-to-all", "distributed.collectives", "all_to_all", points=5, refused=COLLECTIVES_LIBRARY),
         ),
         tests=("tests/test_collectives.py",),
     ),

@@ -2,6 +2,7 @@
 
     llm-course list [CHAPTER ...] [--markdown] [--tests]   chapters, exercises and their points
     llm-course grade [CHAPTER ...] [--impl exercises|reference] [--json PATH] [--timeout SECONDS]
+                     [--budget SECONDS] [--exercises-path DIR]
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     chapters = _chapters(args.chapters, parser)
     tests = None
-    if args.tests or listing.needs_tests(chapters):  # points from the tests' markers only where the catalog has none
+    if args.tests:  # how many tests grade each exercise: only this collects them
         tests, errors = listing.count_tests(chapters)
         for error in errors:
             print(f"error: {error}", file=sys.stderr)
@@ -36,14 +37,15 @@ def cmd_list(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def cmd_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     chapters = _chapters(args.chapters, parser)
-    if args.timeout <= 0:
+    if not args.timeout > 0:
         parser.error(f"--timeout must be positive, got {args.timeout}")
-    try:
-        report = grader.grade(chapters, args.impl, timeout=args.timeout, exercises_path=args.exercises_path)
-    except Exception as error:  # the grader's own failure still leaves a valid results file
-        report = grader.GradeReport(args.impl, chapters, errors=[f"the grader could not run: {error}"])
+    if not args.budget > 0:
+        parser.error(f"--budget must be positive, got {args.budget}")
+    # a placeholder first, the real results last, after every process the tests started is dead
+    report = grader.grade_to_file(
+        chapters, args.impl, args.json, timeout=args.timeout, budget=args.budget, exercises_path=args.exercises_path
+    )
     print(grader.format_table(report))
-    grader.write_json_atomically(grader.gradescope_results(report), args.json)
     print(f"results written to {args.json}")
     return 0
 
@@ -61,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     grading.add_argument("--impl", choices=grader.IMPLEMENTATIONS, default="exercises", help="what to grade (default: exercises)")
     grading.add_argument("--json", default="results.json", metavar="PATH", help="where to write results (default: results.json)")
     grading.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="time limit of each test (default: 60)")
+    grading.add_argument(
+        "--budget",
+        type=float,
+        default=grader.DEFAULT_BUDGET_SECONDS,
+        metavar="SECONDS",
+        help=f"time limit of the whole run; tests not reached by then score 0 (default: {grader.DEFAULT_BUDGET_SECONDS:g})",
+    )
     grading.add_argument(
         "--exercises-path", default=None, metavar="DIR", help="grade the `exercises` package in DIR (e.g. a submission)"
     )

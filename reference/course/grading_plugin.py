@@ -1,7 +1,8 @@
 """A pytest plugin that logs each test's grading markers and outcome, one JSON object a line.
 
 Loaded by the autograder's child process (`pytest -p reference.course.grading_plugin
---grading-log FILE`). Events, written and flushed as they happen so that a crash loses nothing
+--grading-fd N`, N the write end of a pipe the grader holds; `--grading-log FILE` appends to a file
+instead, for debugging). Events, written and flushed as they happen so that a crash loses nothing
 already decided:
   {"event": "collected", "nodeid", "exercise", "points"}   once per selected test
   {"event": "start", "nodeid", "time"}                   before a test's set-up
@@ -11,6 +12,7 @@ already decided:
 from __future__ import annotations
 
 import json
+import os
 import time
 from typing import IO
 
@@ -20,7 +22,8 @@ MAX_DETAILS = 4000
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--grading-log", default=None, help="file the autograder reads (JSON lines)")
+    parser.addoption("--grading-log", default=None, help="file to append the events to (JSON lines)")
+    parser.addoption("--grading-fd", default=None, type=int, help="file descriptor (a pipe) to write the events to")
     parser.addoption(
         "--grading-select",
         default=None,
@@ -36,8 +39,11 @@ class GradingLog:
         self.reports: dict[str, list[pytest.TestReport]] = {}
 
     def write(self, **event: object) -> None:
-        self.stream.write(json.dumps(event) + "\n")
-        self.stream.flush()
+        try:
+            self.stream.write(json.dumps(event, default=str) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):  # the pipe was closed by the code under test: the grader sees it
+            pass
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -93,9 +99,12 @@ class GradingLog:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    path = config.getoption("--grading-log")
-    if path:
-        stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in pytest_unconfigure
+    path, fd = config.getoption("--grading-log"), config.getoption("--grading-fd")
+    if path or fd is not None:
+        if fd is not None:
+            stream = os.fdopen(fd, "w", encoding="utf-8")  # noqa: SIM115 - closed in pytest_unconfigure
+        else:
+            stream = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in pytest_unconfigure
         config._grading_log_stream = stream  # type: ignore[attr-defined]
         select_path = config.getoption("--grading-select")
         select: dict = {}
@@ -110,4 +119,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_unconfigure(config: pytest.Config) -> None:
     stream = getattr(config, "_grading_log_stream", None)
     if stream is not None:
-        stream.close()
+        try:
+            stream.close()
+        except OSError:
+            pass

@@ -12,18 +12,8 @@ from reference.course import catalog
 from reference.course.catalog import Chapter, Exercise
 
 
-def catalog_points(ex: Exercise) -> int | None:
-    """The points the catalog gives exercise `ex`; None where the catalog carries no points."""
-    return getattr(ex, "points", None)
-
-
-def needs_tests(chapters: list[Chapter]) -> bool:
-    """Whether points must be counted from the tests' markers: some exercise has no points in the catalog."""
-    return any(catalog_points(ex) is None for ch in chapters for ex in ch.exercises)
-
-
 def count_tests(chapters: list[Chapter]) -> tuple[dict[str, tuple[int, int]], list[str]]:
-    """{exercise id: (number of tests, points their markers give)} and the collection's errors.
+    """{exercise id: (number of tests, the sum of their `points` weights)} and the collection's errors.
 
     Collects (never runs) the chapters' test files with the reference in a child pytest process.
     """
@@ -49,16 +39,15 @@ def format_listing(
 ) -> str:
     """One line per chapter, then one per exercise with its points (and, with `show_tests`, its number of tests).
 
-    Points come from the catalog; for an exercise the catalog gives none, from `tests` (see `count_tests`).
+    Points come from the catalog (the grader splits them over an exercise's tests); `tests` comes
+    from `count_tests`.
     """
     lines = []
     for ch in chapters:
         lines.append(f"Chapter {ch.number:2d}  {ch.title}  [{ch.slug}]  survey {ch.survey_section}  {ch.notebook}")
         total = 0
         for ex in ch.exercises:
-            points = catalog_points(ex)
-            if points is None:
-                points = (tests or {}).get(ex.id, (0, 0))[1]
+            points = ex.points
             total += points
             count = f" {(tests or {}).get(ex.id, (0, 0))[0]:>3} tests" if show_tests else ""
             path = f"exercises/{ex.module.replace('.', '/')}.py"
