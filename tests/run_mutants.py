@@ -5,12 +5,15 @@ that the graded tests of its exercise catch it.
     python -m tests.run_mutants --exercise 5.2        # one exercise (repeatable)
     python -m tests.run_mutants --chapter 6 --json mutation-6.json
 
-For each mutant the repository is copied once to a temporary folder (the worktree is never
-edited), the mutant's snippet is replaced there, and pytest runs only the tests of the chapter's
+The repository is copied once to a temporary folder (the worktree is never edited); for each
+mutant its snippet is replaced there (and put back afterwards), and pytest runs only the tests of the chapter's
 test files whose `@pytest.mark.exercise` is the mutant's exercise (`-x`: the first failure is
 enough). A mutant is KILLED when one of those tests fails (or the run times out, as a hung test
 would in the grader), SURVIVED when all pass. The command prints one line per mutant, writes a
-JSON report and exits with status 1 if any mutant survived.
+JSON report and exits with status 1 if any mutant survived. Each run is a child forked from a
+process that has already imported torch and transformers (`--no-fork`: a fresh interpreter per
+mutant, several times slower); the child forgets every `reference`, `exercises` and `tests` module
+and imports them again from the copy, so it sees the mutated source.
 
 Not a pytest file (pytest collects only test_*.py); it doubles as the small pytest plugin, loaded
 with `-p tests.run_mutants` inside the copy, that selects the exercise's tests and logs the first
@@ -73,7 +76,77 @@ def _log(event: dict) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def run_one(copy: Path, mutant, test_files: list[str], timeout: float) -> dict:  # noqa: ANN001
+PRELOAD = ("torch", "numpy", "einops", "hypothesis", "regex", "transformers", "tokenizers", "sklearn.linear_model",
+           "datasketch", "safetensors", "tqdm", "yaml")
+
+
+def _preload() -> None:
+    """Import the heavy third-party packages once, so that each forked run starts in a second, not in ten."""
+    import importlib
+
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    try:
+        import transformers.models.llama.modeling_llama  # noqa: F401 - the slowest import of the tests
+        import transformers.models.t5.modeling_t5  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _run_forked(copy: Path, args: list[str], env: dict[str, str], timeout: float) -> tuple[int | None, str]:
+    """pytest.main(args) in a forked child (in the copy, with `env`), under a time limit; (exit code or None, output)."""
+    out_path = copy / ".mutant-out.txt"
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh view of the course in `copy`
+        code = 3
+        try:
+            os.setpgrp()
+            fd = os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(copy)
+            os.environ.clear()
+            os.environ.update(env)
+            sys.dont_write_bytecode = True
+            for name in [m for m in sys.modules if m.split(".")[0] in ("reference", "exercises", "tests", "conftest")]:
+                del sys.modules[name]
+            sys.path[:0] = [str(copy)]
+            import pytest
+
+            code = int(pytest.main(args))
+        except BaseException:  # noqa: BLE001 - report anything, then leave without running the parent's cleanup
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            try:
+                os.killpg(pid, 9)
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+            return None, f"timed out after {timeout:.0f} s"
+        time.sleep(0.05)
+    output = out_path.read_text(errors="replace") if out_path.exists() else ""
+    try:
+        os.killpg(pid, 9)  # stragglers the tests left behind (a spawned worker, say)
+    except (ProcessLookupError, PermissionError):
+        pass
+    return os.waitstatus_to_exitcode(status), output[-2000:]
+
+
+def run_one(copy: Path, mutant, test_files: list[str], timeout: float, fork: bool = True) -> dict:  # noqa: ANN001
     target = copy / mutant.file
     original = target.read_text(encoding="utf-8")
     count = original.count(mutant.find)
@@ -86,14 +159,19 @@ def run_one(copy: Path, mutant, test_files: list[str], timeout: float) -> dict: 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "LLM_COURSE_IMPL")}
     env |= {"PYTHONPATH": str(copy), "PYTHONDONTWRITEBYTECODE": "1", SELECT_ENV: mutant.exercise, LOG_ENV: str(log),
             "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "1"), "MKL_NUM_THREADS": env.get("MKL_NUM_THREADS", "1")}
-    command = [sys.executable, "-m", "pytest", *test_files, "-x", "-q", "-p", "no:cacheprovider", "-p", "tests.run_mutants",
-               "--impl", "reference", "-o", "addopts=", "--hypothesis-seed=0"]
+    args = [*test_files, "-x", "-q", "-p", "no:cacheprovider", "-p", "tests.run_mutants", "--impl", "reference",
+            "-o", "addopts=", "--hypothesis-seed=0"]
     start = time.monotonic()
     try:
-        proc = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
-        rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-2000:]
-    except subprocess.TimeoutExpired:
-        rc, tail = None, f"timed out after {timeout:.0f} s"
+        if fork:
+            rc, tail = _run_forked(copy, args, env, timeout)
+        else:
+            try:
+                proc = subprocess.run([sys.executable, "-m", "pytest", *args], cwd=copy, env=env, capture_output=True,
+                                      text=True, timeout=timeout)
+                rc, tail = proc.returncode, (proc.stdout + proc.stderr)[-2000:]
+            except subprocess.TimeoutExpired:
+                rc, tail = None, f"timed out after {timeout:.0f} s"
     finally:
         target.write_text(original, encoding="utf-8")
     seconds = round(time.monotonic() - start, 1)
@@ -124,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="only mutants whose name contains this text")
     parser.add_argument("--json", default=None, help="report file (default: mutation-report.json in the temp folder's parent)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant before it counts as killed by a hang")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="start a fresh Python per mutant instead of forking one that has the libraries imported")
     args = parser.parse_args(argv)
 
     chosen = [m for m in MUTANTS
@@ -133,12 +213,15 @@ def main(argv: list[str] | None = None) -> int:
     if not chosen:
         parser.error("no mutant matches the selection")
     results = []
+    fork = not args.no_fork and hasattr(os, "fork")
+    if fork:
+        _preload()
     with tempfile.TemporaryDirectory(prefix="llm-course-mutants-") as tmp:
         copy = Path(tmp) / "course"
         shutil.copytree(ROOT, copy, ignore=SKIP, symlinks=True)
         for i, mutant in enumerate(chosen, 1):
             tests = list(catalog.chapter(str(catalog.exercise(mutant.exercise).chapter)).tests)
-            result = run_one(copy, mutant, tests, args.timeout)
+            result = run_one(copy, mutant, tests, args.timeout, fork)
             results.append(result)
             where = result.get("killed_by", result.get("detail", ""))
             print(f"[{i:3d}/{len(chosen)}] {result['status']:8s} {mutant.exercise:5s} {mutant.name:55s} {where}", flush=True)
