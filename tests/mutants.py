@@ -288,7 +288,7 @@ CHAPTER_6 = (
     _m("6.5", OBJ, "loss_mask = positions + 1 >= lengths[..., None]  # (..., seq - 1)",
        "loss_mask = positions >= lengths[..., None]  # (..., seq - 1)", "first suffix token not scored (off by one)"),
     _m("6.5", OBJ, "loss_mask = positions + 1 >= lengths[..., None]  # (..., seq - 1)",
-       "loss_mask = positions + 1 > lengths[..., None]  # (..., seq - 1)", "last prefix token scored... (off by one)"),
+       "loss_mask = positions + 2 >= lengths[..., None]  # (..., seq - 1)", "last prefix token scored (off by one)"),
     _m("6.5", OBJ, "lengths = torch.randint(1, seq, rows, generator=generator)", "lengths = torch.randint(0, seq, rows, generator=generator)",
        "prefix length 0 drawn"),
     _m("6.5", OBJ, "lengths = torch.randint(1, seq, rows, generator=generator)", "lengths = torch.randint(1, seq - 1, rows, generator=generator)",

@@ -29,6 +29,7 @@ from reference.data import samples
         ("Thank you for the detailed answer.", 0.0),
         ("", 0.0),
         ("42 + 17", 0.0),
+        ("Fool - 100 times!", 1 / 2),  # "-" and "100" are not words: 1 of the 2 words is listed
     ],
 )
 def test_word_list_score_by_hand(impl, text, score):
