@@ -16,7 +16,8 @@ The plausible bugs these tests catch (each planted by `python -m tests.run_mutan
 - 7.3 op ignored; rank 0's own contribution dropped; the result not copied back.
 - 7.4 / 7.5 chunk indices off by one; one step too few; the ring turned the wrong way.
 - 7.6 the all-gather half skipped; `chunk` instead of `tensor_split` (too few chunks); op not passed.
-- 7.7 the fold's partner mapping wrong; no unfold; op ignored.
+- 7.7 the fold's partner mapping wrong (visible only with two or more extra ranks: world 6); no
+  unfold; op ignored.
 - 7.8 the wrong block kept; op not passed.  7.9 own block in slot 0; slots reversed.
 - 7.10 own block not copied; the wrong block sent; received into the wrong slot.
 """
@@ -355,7 +356,7 @@ def test_all_reduce_ring_sends_2_n_minus_1_over_n_of_the_data(impl, clusters, wo
 @pytest.mark.exercise("7.7")
 @pytest.mark.points(2)
 @pytest.mark.parametrize("op", ["sum", "max"])
-@pytest.mark.parametrize("world", WORLD_SIZES)
+@pytest.mark.parametrize("world", (*WORLD_SIZES, 6))  # 6 = 4 + 2: the first size whose fold pairs up two extra ranks
 def test_all_reduce_recursive_doubling_matches_torch(impl, clusters, world, op):
     results = clusters(world).run(_run_all_reduce, impl.package, "all_reduce_recursive_doubling", op)
     for rank, rows in enumerate(results):
