@@ -107,7 +107,7 @@ CHAPTER_2 = (
     _m("2.3", POS, "        num_buckets //= 2\n", "        pass\n", "buckets not halved per direction"),
     _m("2.3", POS, "log_scaled = log_scaled.clamp(max=num_buckets - 1)", "log_scaled = log_scaled.clamp(max=num_buckets)",
        "last bucket off by one"),
-    _m("2.3", POS, "is_small = distance < exact", "is_small = distance <= exact", "exact range off by one"),
+    _m("2.3", POS, "/ math.log(max_distance / exact) *", "/ math.log(max_distance) *", "log range not divided by the exact range"),
     _m("2.4", POS, "relative = k_positions[None, :] - q_positions[:, None]  # (seq_q, seq_k)",
        "relative = q_positions[:, None] - k_positions[None, :]  # (seq_q, seq_k)", "query minus key"),
     _m("2.4", POS, "relative_position_bucket(relative, self.bidirectional,", "relative_position_bucket(relative, True,",

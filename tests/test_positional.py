@@ -12,7 +12,7 @@ The plausible bugs these tests catch (each planted by `python -m tests.run_mutan
 - 2.1 sin and cos swapped; exponent i/d instead of 2i/d; position times the wavelength; offset ignored.
 - 2.2 position max_len accepted (off by one); positions ignored; table not trained.
 - 2.3 directions swapped; causal distance of the wrong sign; buckets not halved per direction; the
-  last bucket or the exact range off by one.
+  last bucket off by one; the log range not divided by the exact range.
 - 2.4 query minus key; always bidirectional; heads in the wrong order.
 - 2.5 exponent i/d; positive exponent; odd head_dim accepted.
 - 2.6 / 2.7 odd dimensions first; the inverse permutation; identity; halves swapped.
@@ -256,6 +256,12 @@ def test_rotary_embedding_matches_llama_rotary(impl):
     q_ours, k_ours = ours.rotate(q, k, positions, positions)
     torch.testing.assert_close(q_ours, q_hf, **TOL)
     torch.testing.assert_close(k_ours, k_hf, **TOL)
+    k_positions = torch.tensor([[3, 4, 5, 6, 7], [0, 2, 4, 6, 8]])  # keys elsewhere than the queries (a cache, say)
+    hf_cos_k, hf_sin_k = theirs(torch.zeros(2, 5, 64), k_positions)
+    _, k_hf_elsewhere = apply_rotary_pos_emb(q, k, hf_cos_k, hf_sin_k)
+    q_ours, k_ours = ours.rotate(q, k, positions, k_positions)
+    torch.testing.assert_close(q_ours, q_hf, **TOL)
+    torch.testing.assert_close(k_ours, k_hf_elsewhere, **TOL)
 
 
 @pytest.mark.exercise("2.9")
