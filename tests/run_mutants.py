@@ -5,6 +5,9 @@ that the graded tests of its exercise catch it.
     python -m tests.run_mutants --exercise 5.2        # one exercise (repeatable)
     python -m tests.run_mutants --chapter 6 --json mutation-6.json
 
+`tests/mutation-report.json` holds the last full run (every mutant, the test that killed it, the
+seconds it took), merged from per-chapter runs on 2 shared cores.
+
 The repository is copied once to a temporary folder (the worktree is never edited); for each
 mutant its snippet is replaced there (and put back afterwards), and pytest runs only the tests of the chapter's
 test files whose `@pytest.mark.exercise` is the mutant's exercise (`-x`: the first failure is
