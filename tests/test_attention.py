@@ -3,6 +3,19 @@
 Oracles: `torch.softmax`, `torch.nn.functional.scaled_dot_product_attention` (with
 `enable_gqa`), `torch.nn.MultiheadAttention` with copied weights, Hugging Face's `repeat_kv`.
 Tolerance 1e-5 in float32; gradients by `torch.autograd.gradcheck` in float64.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 1`):
+- 1.1 max not subtracted, or the min; max or sum over the last dim instead of `dim`; NaN for a fully
+  masked row (inf - inf, or 0 / 0).
+- 1.2 queries aligned to the start of the keys; the diagonal masked; the upper triangle.
+- 1.3 one padding key kept; the mask inverted; the mask over queries instead of keys.
+- 1.4 no scale, 1/d_k instead of 1/sqrt(d_k), a custom scale ignored; the boolean mask inverted;
+  the additive mask ignored; softmax over the queries.
+- 1.5 mask or scale dropped; the weights transposed.
+- 1.6 heads tiled instead of grouped; repeated along the sequence.
+- 1.7 heads split or merged with the wrong layout; fused k and v swapped; cross-attention values
+  from the queries' input; a custom scale ignored; the positional bias replacing the mask; kv
+  heads tiled.
 """
 
 from __future__ import annotations
@@ -369,10 +382,10 @@ def test_mha_self_attention_matches_torch(impl, fused, kind):
 
 @pytest.mark.exercise("1.7")
 @pytest.mark.points(1)
-@pytest.mark.parametrize("fused", [False, True])
-def test_mha_cross_attention_matches_torch(impl, fused):
+@pytest.mark.parametrize(("fused", "kdim"), [(False, 24), (False, None), (True, None)], ids=["kdim-24", "kdim-d_model", "fused"])
+def test_mha_cross_attention_matches_torch(impl, fused, kdim):
     torch.manual_seed(0)
-    kdim = vdim = None if fused else 24
+    vdim = kdim
     ours = impl.attention.MultiHeadAttention(32, 4, fused_qkv=fused, kdim=kdim, vdim=vdim)
     ref = _torch_mha(ours, fused, kdim=kdim, vdim=vdim)
     x, context = _rand(2, 5, 32), _rand(2, 9, kdim or 32, seed=1)

@@ -9,6 +9,17 @@ The worker functions below run on every rank; they take the implementation's pac
 the processes import `reference` or `exercises` (from `--exercises-path` too: spawned processes
 inherit `sys.path`). The launcher (`Cluster`) and the byte counter (`p2p.count_traffic`) are the
 harness the code under test runs in, so they come from `reference` for both implementations.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 7`):
+- 7.1 ranks not numbered relative to the root; the wrong peer; a flat broadcast (root sends n - 1).
+- 7.2 the result written on every rank (only dst's tensor may change); no stop after sending; op ignored.
+- 7.3 op ignored; rank 0's own contribution dropped; the result not copied back.
+- 7.4 / 7.5 chunk indices off by one; one step too few; the ring turned the wrong way.
+- 7.6 the all-gather half skipped; `chunk` instead of `tensor_split` (too few chunks); op not passed.
+- 7.7 the fold's partner mapping wrong (visible only with two or more extra ranks: world 6); no
+  unfold; op ignored.
+- 7.8 the wrong block kept; op not passed.  7.9 own block in slot 0; slots reversed.
+- 7.10 own block not copied; the wrong block sent; received into the wrong slot.
 """
 
 from __future__ import annotations
@@ -74,8 +85,9 @@ def _run_rooted(package: str, name: str, op: str) -> list[tuple]:
                 dist.broadcast(theirs, root)
             else:
                 dist.reduce(theirs, root, OPS[op])
-            keep = name == "broadcast" or rank == root  # torch leaves other ranks' reduce buffers unspecified
-            out.append((str(dtype), shape, root, ours if keep else x, theirs if keep else x, traffic.bytes_sent, traffic.messages_sent))
+            # torch leaves other ranks' reduce buffers unspecified; ours must leave them unchanged (the task says so)
+            keep = name == "broadcast" or rank == root
+            out.append((str(dtype), shape, root, ours, theirs if keep else x, traffic.bytes_sent, traffic.messages_sent))
     return out
 
 
@@ -116,8 +128,8 @@ def _run_ring_step(package: str, name: str) -> list[tuple]:
     return out
 
 
-def _run_blocks(package: str, name: str) -> list[tuple]:
-    """reduce_scatter / all_gather / all_to_all on lists of blocks, against torch's."""
+def _run_blocks(package: str, name: str, op: str = "sum") -> list[tuple]:
+    """reduce_scatter (with `op`) / all_gather / all_to_all on lists of blocks, against torch's."""
     fn = _collective(package, name)
     rank, world = dist.get_rank(), dist.get_world_size()
     out = []
@@ -126,7 +138,7 @@ def _run_blocks(package: str, name: str) -> list[tuple]:
         with _traffic() as traffic:
             if name == "reduce_scatter":
                 ours = torch.empty_like(blocks[rank])
-                fn(ours, blocks)
+                fn(ours, blocks, op)
             elif name == "all_gather":
                 ours_list = [torch.empty_like(blocks[0]) for _ in range(world)]
                 fn(ours_list, blocks[0])
@@ -137,7 +149,7 @@ def _run_blocks(package: str, name: str) -> list[tuple]:
                 ours = torch.stack(ours_list)
         if name == "reduce_scatter":
             theirs = torch.empty_like(blocks[rank], memory_format=torch.contiguous_format)
-            dist.reduce_scatter(theirs, [b.contiguous() for b in blocks])
+            dist.reduce_scatter(theirs, [b.contiguous() for b in blocks], op=OPS[op])
         elif name == "all_gather":
             theirs_list = [torch.empty_like(blocks[0]).contiguous() for _ in range(world)]
             dist.all_gather(theirs_list, blocks[0].contiguous())
@@ -266,12 +278,13 @@ def test_reduce_rejects_a_bad_root(impl, clusters):
 
 @pytest.mark.exercise("7.3")
 @pytest.mark.points(2)
+@pytest.mark.parametrize("op", ["sum", "max"])
 @pytest.mark.parametrize("world", WORLD_SIZES)
-def test_all_reduce_naive_matches_torch(impl, clusters, world):
-    results = clusters(world).run(_run_all_reduce, impl.package, "all_reduce_naive", "sum")
+def test_all_reduce_naive_matches_torch(impl, clusters, world, op):
+    results = clusters(world).run(_run_all_reduce, impl.package, "all_reduce_naive", op)
     for rank, rows in enumerate(results):
         for dtype, shape, ours, theirs, nbytes, messages in rows:
-            assert_same(ours, theirs, f"rank {rank}, {dtype} {shape}")
+            assert_same(ours, theirs, f"rank {rank}, {dtype} {shape}, {op}")
             size = math.prod(shape) * element_size(dtype)
             assert nbytes == ((world - 1) * size if rank == 0 else size), "root sends n - 1 copies, the others one"
             assert messages == (world - 1 if rank == 0 else 1)
@@ -343,7 +356,7 @@ def test_all_reduce_ring_sends_2_n_minus_1_over_n_of_the_data(impl, clusters, wo
 @pytest.mark.exercise("7.7")
 @pytest.mark.points(2)
 @pytest.mark.parametrize("op", ["sum", "max"])
-@pytest.mark.parametrize("world", WORLD_SIZES)
+@pytest.mark.parametrize("world", (*WORLD_SIZES, 6))  # 6 = 4 + 2: the first size whose fold pairs up two extra ranks
 def test_all_reduce_recursive_doubling_matches_torch(impl, clusters, world, op):
     results = clusters(world).run(_run_all_reduce, impl.package, "all_reduce_recursive_doubling", op)
     for rank, rows in enumerate(results):
@@ -363,12 +376,13 @@ def test_all_reduce_recursive_doubling_matches_torch(impl, clusters, world, op):
 
 @pytest.mark.exercise("7.8")
 @pytest.mark.points(2)
+@pytest.mark.parametrize("op", ["sum", "max"])
 @pytest.mark.parametrize("world", WORLD_SIZES)
-def test_reduce_scatter_matches_torch(impl, clusters, world):
-    results = clusters(world).run(_run_blocks, impl.package, "reduce_scatter")
+def test_reduce_scatter_matches_torch(impl, clusters, world, op):
+    results = clusters(world).run(_run_blocks, impl.package, "reduce_scatter", op)
     for rank, rows in enumerate(results):
         for dtype, shape, ours, theirs, nbytes, _ in rows:
-            assert_same(ours, theirs, f"rank {rank}, {dtype} {shape}")
+            assert_same(ours, theirs, f"rank {rank}, {dtype} {shape}, {op}")
             assert nbytes == (world - 1) * math.prod(shape) * element_size(dtype)
 
 

@@ -222,7 +222,10 @@ def test_toxicity_classifier_held_out():
     a, b, c, d = quality.train_test_split(texts, labels, 0.3, seed=0)
     classifier = toxicity.train_toxicity_classifier(a, b)
     accuracy = np.mean(classifier.predict(c) == np.array(d, dtype=bool))
-    assert accuracy >= 0.85  # the reference: 0.93 on these 57 sentences
+    # specification: it must beat the word-list rule (any listed word) on the same held-out sentences,
+    # which is the point of training one, and reach 0.8 (chance is about 0.5)
+    word_list = np.mean([(toxicity.word_list_score(t) > 0) == bool(y) for t, y in zip(c, d)])
+    assert accuracy >= max(0.8, word_list), (accuracy, word_list)
 
 
 def test_stats_table_and_funnel_plot():

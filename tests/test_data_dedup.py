@@ -1,9 +1,16 @@
 """Chapter 4: deduplication — shingles, MinHash signatures, LSH banding, planted near-duplicates.
 
-Oracles: exact Jaccard similarity by brute force on small sets; the `datasketch` package's
-MinHash (its own hash family), whose estimate and ours must both lie within 3 standard errors
-sqrt(J (1 - J) / k) of the exact value; a brute-force band comparison for LSH; the S-curve
-1 - (1 - s^r)^b against candidate frequencies measured over many seeds.
+Oracles: exact Jaccard similarity by brute force on small sets, which our MinHash estimate must
+match within 3 standard errors sqrt(J (1 - J) / k), and on average over many seeds within 3
+standard errors of the mean (an unbiased estimator); a brute-force band comparison for LSH; the
+S-curve 1 - (1 - s^r)^b against candidate frequencies measured over many seeds.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 4`):
+- 4.3 a short text giving no shingle; the last window dropped; no normalisation; character
+  shingles joined by spaces.
+- 4.4 the hash not reduced mod p (uint64 overflow); max instead of min; zeros for the empty set;
+  b_i forgotten.
+- 4.5 overlapping bands; both orders of a pair; one row of a band compared instead of all.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ import math
 
 import numpy as np
 import pytest
-from datasketch import MinHash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,7 +87,7 @@ def test_minhash_signature_by_brute_force(impl):
 @pytest.mark.exercise("4.4")
 @pytest.mark.points(2)
 @pytest.mark.parametrize("overlap", [0.2, 0.5, 0.8])
-def test_minhash_estimate_agrees_with_datasketch_and_brute_force(impl, overlap):
+def test_minhash_estimate_agrees_with_brute_force_and_is_unbiased(impl, overlap):
     d = impl.data.dedup
     k = 256
     shared = {f"shared {i}" for i in range(int(400 * overlap))}
@@ -89,12 +95,11 @@ def test_minhash_estimate_agrees_with_datasketch_and_brute_force(impl, overlap):
     b = shared | {f"b {i}" for i in range(200 - len(shared) // 2)}
     exact = len(a & b) / len(a | b)
     ours = d.estimate_jaccard(d.minhash_signature(a, k), d.minhash_signature(b, k))
-    theirs_a, theirs_b = MinHash(num_perm=k, seed=1), MinHash(num_perm=k, seed=1)
-    theirs_a.update_batch([x.encode() for x in a])
-    theirs_b.update_batch([x.encode() for x in b])
     tolerance = 3 * math.sqrt(exact * (1 - exact) / k)
     assert abs(ours - exact) <= tolerance
-    assert abs(theirs_a.jaccard(theirs_b) - exact) <= tolerance
+    seeds = 20  # P[min h(A) = min h(B)] = J exactly: the mean over independent hash families converges to J
+    mean = np.mean([d.estimate_jaccard(d.minhash_signature(a, 64, s), d.minhash_signature(b, 64, s)) for s in range(seeds)])
+    assert abs(mean - exact) <= 3 * math.sqrt(exact * (1 - exact) / (64 * seeds))
 
 
 @pytest.mark.exercise("4.4")
@@ -181,6 +186,8 @@ def test_planted_near_duplicates_are_found(impl):
     found = impl.data.dedup.near_duplicates(planted)
     precision, recall = impl.data.dedup.pair_precision_recall(found, pairs)
     assert recall == 1.0  # word-5-shingle Jaccard of these copies: 0.55 .. 0.75; S-curve midpoint 0.42
-    assert precision >= 0.85  # the reference: 20 / 22; the two others are real near-duplicate topics
+    # specification: at most one found pair in five unplanted; unrelated prose shares almost no 5-word shingles
+    # (candidate probability ~ 0), so extra pairs can only be texts that genuinely overlap
+    assert precision >= 0.8
     strict = impl.data.dedup.near_duplicates(planted, bands=4, rows=32)  # midpoint 0.96: misses most
     assert impl.data.dedup.pair_precision_recall(strict, pairs)[1] <= 0.2

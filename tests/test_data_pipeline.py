@@ -2,6 +2,10 @@
 
 Oracles: counts of documents, words and bytes computed by hand for toy stages; planted exact
 duplicates and personal data that the chain must drop and scrub.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 4`):
+- 4.9 stages not chained; words after a stage counted on its input; characters counted as bytes;
+  every kept document counted as changed; one example too many.
 """
 
 from __future__ import annotations
@@ -23,16 +27,17 @@ def _doc(text: str, title: str = "t") -> Document:
 def test_pipeline_counts_by_hand(impl):
     p = impl.data.pipeline
     drop_x = p.Stage("no x", lambda d: "has x" if "x" in d.text else d)
-    shout = p.Stage("shout", lambda d: dataclasses.replace(d, text=d.text.upper()) if "b" in d.text else d)
-    docs = [_doc("a b", "one"), _doc("x y z", "two"), _doc("c", "three"), _doc("x", "four")]
+    shout = p.Stage("shout", lambda d: dataclasses.replace(d, text=d.text.upper() + " !") if "b" in d.text else d)
+    docs = [_doc("a b", "one"), _doc("x y z", "two"), _doc("çé", "three"), _doc("x", "four")]  # ç, é: 2 bytes each
     kept, stats = p.Pipeline([drop_x, shout]).run(docs, progress=False)
-    assert [d.text for d in kept] == ["A B", "c"]
+    assert [d.text for d in kept] == ["A B !", "çé"]
     first, second = stats
     assert (first.name, first.documents_in, first.documents_out, first.documents_dropped) == ("no x", 4, 2, 2)
-    assert (first.words_in, first.words_out, first.bytes_in, first.bytes_out) == (7, 3, 10, 4)
+    assert (first.words_in, first.words_out, first.bytes_in, first.bytes_out) == (7, 3, 13, 7)
     assert first.reasons == {"has x": 2} and first.changed == 0
     assert first.examples == {"kept": ["one", "three"], "dropped: has x": ["two", "four"]}
     assert (second.documents_in, second.documents_out, second.changed, second.reasons) == (2, 2, 1, {})
+    assert (second.words_in, second.words_out, second.bytes_in, second.bytes_out) == (3, 4, 7, 9)
     assert p.Pipeline([drop_x]).run(docs, progress=False, examples=1)[1][0].examples == {
         "kept": ["one"],
         "dropped: has x": ["two"],

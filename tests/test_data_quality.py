@@ -4,6 +4,12 @@ Oracles: values counted by hand; torch autograd for the gradient of the logistic
 1e-10); scikit-learn's LogisticRegression for the optimum of the regularised loss (1e-3). The
 clean and corrupted texts come from `reference.data.samples` (the test's material, not the code
 under test).
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 4`):
+- 4.1 blank lines counted; stop words counted with repeats or not lower-cased; upper case over all
+  characters; the ellipsis character ignored; "alphabetic" meaning all letters.
+- 4.2 the gradient summed instead of averaged; the L2 gradient halved; the bias regularised; an
+  unstable log(1 + exp(z)); the gradient of the wrong sign.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ def test_quality_signals_by_hand(impl):
     letters = [c for c in text if c.isalpha()]
     assert s["uppercase_fraction"] == pytest.approx(4 / len(letters))  # T, D, O, G
     assert s["number_line_fraction"] == pytest.approx(1 / 3)
+    assert impl.data.quality.quality_signals("The, AND of.")["stop_words"] == 3  # lower-cased, edge punctuation stripped
 
 
 @pytest.mark.exercise("4.1")
@@ -155,7 +162,9 @@ def test_quality_classifier_tells_clean_from_corrupted(impl):
     classifier = q.train_classifier(train_x, train_y)
     assert classifier.losses[-1] < 0.5 * classifier.losses[0]
     accuracy = np.mean(classifier.predict(test_x) == np.array(test_y, dtype=bool))
-    assert accuracy >= 0.83  # the reference reaches 0.88 (word salad is the hard kind)
+    # specification: held-out accuracy at least 0.8 on a balanced set (chance is 0.5), and at least 90% of
+    # each blatant corruption flagged below; word salad, the subtle kind, is what keeps accuracy below 1
+    assert accuracy >= 0.8
     for kind in ("shouting", "symbols", "repetition"):
         noisy = [samples.corrupt(t, kind, seed=i) for i, t in enumerate(samples.text_windows(documents, 30, seed=7))]
         assert classifier.predict(noisy).mean() >= 0.9, kind

@@ -308,14 +308,49 @@ def test_cost_bytes_match_the_measured_traffic(cluster3):
                 assert measured[rank][name][0] == cost.bytes_sent(algorithm, numel, 3, rank), (name, numel, rank)
 
 
+# (L, W) for a 1200-byte tensor, tabulated by hand from the algorithms' definitions (not from `cost`):
+# trees ceil(log2 n) rounds of the whole tensor; naive 2 (n - 1) messages of it through rank 0; ring
+# 2 (n - 1) steps of S / n; recursive doubling log2(p) exchanges, plus fold and unfold when n is not a
+# power of two (p = largest power of two <= n); reduce-scatter, all-gather, all-to-all n - 1 steps of S / n.
+LATENCY_VOLUME_1200 = {
+    2: {"broadcast": (1, 1200), "reduce": (1, 1200), "all_reduce_naive": (2, 2400), "all_reduce_ring": (2, 1200),
+        "all_reduce_recursive_doubling": (1, 1200), "reduce_scatter": (1, 600), "all_gather": (1, 600), "all_to_all": (1, 600)},
+    3: {"broadcast": (2, 2400), "reduce": (2, 2400), "all_reduce_naive": (4, 4800), "all_reduce_ring": (4, 1600),
+        "all_reduce_recursive_doubling": (3, 3600), "reduce_scatter": (2, 800), "all_gather": (2, 800), "all_to_all": (2, 800)},
+    4: {"broadcast": (2, 2400), "reduce": (2, 2400), "all_reduce_naive": (6, 7200), "all_reduce_ring": (6, 1800),
+        "all_reduce_recursive_doubling": (2, 2400), "reduce_scatter": (3, 900), "all_gather": (3, 900), "all_to_all": (3, 900)},
+    5: {"broadcast": (3, 3600), "reduce": (3, 3600), "all_reduce_naive": (8, 9600), "all_reduce_ring": (8, 1920),
+        "all_reduce_recursive_doubling": (4, 4800), "reduce_scatter": (4, 960), "all_gather": (4, 960), "all_to_all": (4, 960)},
+    8: {"broadcast": (3, 3600), "reduce": (3, 3600), "all_reduce_naive": (14, 16800), "all_reduce_ring": (14, 2100),
+        "all_reduce_recursive_doubling": (3, 3600), "reduce_scatter": (7, 1050), "all_gather": (7, 1050), "all_to_all": (7, 1050)},
+}
+
+
+@pytest.mark.parametrize("world", sorted(LATENCY_VOLUME_1200))
+def test_latency_and_volume_of_every_algorithm(world):
+    assert set(LATENCY_VOLUME_1200[world]) == set(cost.ALGORITHMS)
+    for algorithm, (latency, volume) in LATENCY_VOLUME_1200[world].items():
+        got = cost.latency_and_volume(algorithm, 1200, world)
+        assert got[0] == latency and got[1] == pytest.approx(volume), (algorithm, world, got)
+        assert cost.latency_and_volume(algorithm, 1200, 1) == (0.0, 0.0), "one rank sends nothing"
+
+
 def test_alpha_beta_fit_recovers_the_model():
-    sizes = [2**k for k in range(10, 22, 2)]
-    for algorithm in ("all_reduce_ring", "all_reduce_naive", "all_reduce_recursive_doubling"):
-        times = [cost.predicted_seconds(algorithm, b, 4, alpha=5e-5, beta=2e-9) for b in sizes]
-        alpha, beta = cost.fit_alpha_beta(algorithm, sizes, times, 4)
-        assert math.isclose(alpha, 5e-5, rel_tol=1e-6) and math.isclose(beta, 2e-9, rel_tol=1e-6)
-    latency, volume = cost.latency_and_volume("all_reduce_ring", 1000, 4)
-    assert (latency, volume) == (6, 1500)
+    """Times written here from the model t = alpha L + beta W with the tabulated (L, W), plus a known
+    +-0.1% wobble: the fit must find alpha and beta to within a few per cent."""
+    alpha, beta = 5e-5, 2e-9
+    sizes = [2**k for k in range(10, 24, 2)]
+    wobble = [1.001, 0.999, 1.0, 1.001, 0.999, 1.0, 1.0005]
+    for algorithm in ("all_reduce_ring", "all_reduce_naive", "all_reduce_recursive_doubling", "all_gather"):
+        latency, volume = LATENCY_VOLUME_1200[4][algorithm]
+        times = [(alpha * latency + beta * volume * b / 1200) * w for b, w in zip(sizes, wobble)]
+        fit_alpha, fit_beta = cost.fit_alpha_beta(algorithm, sizes, times, 4)
+        assert fit_alpha == pytest.approx(alpha, rel=0.05) and fit_beta == pytest.approx(beta, rel=0.02), algorithm
+        assert cost.predicted_seconds(algorithm, sizes[-1], 4, alpha, beta) == pytest.approx(times[-1] / wobble[-1])
+    # no latency at all (and noise that would make it negative): the fit clamps alpha to 0, never below
+    times = [beta * 1800 * b / 1200 * w for b, w in zip(sizes, [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.01])]
+    fit_alpha, fit_beta = cost.fit_alpha_beta("all_reduce_ring", sizes, times, 4)
+    assert fit_alpha >= 0 and fit_beta == pytest.approx(beta, rel=0.02)
     with pytest.raises(ValueError, match="algorithm"):
         cost.bytes_sent("all_reduce_magic", 1, 2, 0)
 

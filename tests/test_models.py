@@ -6,6 +6,25 @@ Oracles: `torch.nn.LayerNorm`, `torch.nn.RMSNorm`, Hugging Face's `LlamaRMSNorm`
 `torch.nn.TransformerEncoderLayer` / `TransformerDecoderLayer` with copied weights, and the published
 parameter count of LLaMA-7B. Harness pieces (attention, the reference model used to count) come from
 `reference`; the code under test comes from `impl`.
+
+`exercises/models/llama.py` (5.7) builds on the *reference* parts, so 5.7 is graded on the model's
+wiring alone and each part (5.1-5.5) on its own tests; that is why the norms are tested directly at
+scales where eps matters, not only through the model.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 5`):
+- 5.1 eps outside the square root, missing or squared (inputs of tiny variance, a large eps);
+  unbiased variance; mean not subtracted; statistics over the wrong axis; bias subtracted.
+- 5.2 eps outside the square root, missing, or hard-coded; the mean subtracted (LayerNorm); sum of
+  squares instead of the mean; the scale ignored.
+- 5.3 tanh GELU for exact GELU and back; ReLU ignored; the bias flag ignored.
+- 5.4 gate on the wrong branch; sigmoid (GLU) instead of SiLU; biases.
+- 5.5 post-norm normalising the branch only; pre-norm residual from the normed input or missing;
+  the feed-forward behind the attention's norm; self-/cross-attention mask dropped; positions not
+  passed to attention.
+- 5.6 prefix one too long (shared and per sequence); prefix on the query axis.
+- 5.7 no final norm; eps not passed to the norms; rope_theta ignored; interleaved RoPE; positions
+  ignored; prefix_length ignored; no causal mask; head copied, not tied.
+- 5.8 kv heads ignored; final norm forgotten; tied head counted; SwiGLU counted as two matrices.
 """
 
 from __future__ import annotations
@@ -18,6 +37,7 @@ from torch import nn
 
 from reference.attention import MultiHeadAttention
 from reference.models.hf import from_hf, to_hf
+from reference.positional import RotaryEmbedding
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -75,6 +95,32 @@ def test_layernorm_gradcheck_and_errors(impl):
         impl.models.parts.LayerNorm(0)
     with pytest.raises(ValueError, match=r"\(2, 5\)"):
         impl.models.parts.LayerNorm(6)(torch.zeros(2, 5))
+
+
+@pytest.mark.exercise("5.1")
+@pytest.mark.points(1)
+@pytest.mark.parametrize(("scale", "eps"), [(1e-3, 1e-5), (1.0, 0.25)], ids=["tiny-variance", "large-eps"])
+def test_layernorm_eps_inside_the_square_root(impl, scale, eps):
+    """(x - mean) / sqrt(var + eps): with var about eps the placement of eps decides the result."""
+    ours = _randomise(impl.models.parts.LayerNorm(24, eps=eps))
+    ref = nn.LayerNorm(24, eps=eps)
+    ref.load_state_dict(ours.state_dict())
+    x = _rand(3, 7, 24) * scale + 2 * scale
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+
+
+@pytest.mark.exercise("5.2")
+@pytest.mark.points(1)
+@pytest.mark.parametrize(("scale", "eps"), [(1e-3, 1e-6), (1.0, 0.25)], ids=["tiny-inputs", "large-eps"])
+def test_rmsnorm_eps_inside_the_square_root(impl, scale, eps):
+    """x / sqrt(mean(x^2) + eps): with mean(x^2) about eps the placement of eps decides the result."""
+    ours = _randomise(impl.models.parts.RMSNorm(16, eps=eps))
+    ref = nn.RMSNorm(16, eps=eps)
+    ref.load_state_dict(ours.state_dict())
+    x = _rand(2, 9, 16) * scale
+    torch.testing.assert_close(ours(x), ref(x), **TOL)
+    y = impl.models.parts.RMSNorm(2, eps=eps)(torch.tensor([3.0, 4.0]) * scale)  # mean square 12.5 scale^2
+    torch.testing.assert_close(y, torch.tensor([3.0, 4.0]) * scale / math.sqrt(12.5 * scale**2 + eps), **TOL)
 
 
 @pytest.mark.exercise("5.2")
@@ -243,6 +289,21 @@ def test_block_with_cross_attention_matches_torch_decoder_layer(impl):
 
 @pytest.mark.exercise("5.5")
 @pytest.mark.points(1)
+def test_block_passes_positions_to_attention(impl):
+    """With RoPE inside attention the block must hand `positions` on: x + attn(norm(x), positions), then the FFN."""
+    torch.manual_seed(1)
+    attn = MultiHeadAttention(16, 4, positional=RotaryEmbedding(4))
+    ffn, norm_attn, norm_ffn = _TorchMLP(16, 24), nn.LayerNorm(16), nn.LayerNorm(16)
+    block = _randomise(impl.models.parts.Block(attn, ffn, norm_attn, norm_ffn), seed=2)
+    x = _rand(2, 6, 16)
+    positions = torch.tensor([0, 2, 3, 7, 8, 12])  # not a shift of 0 .. 5, so RoPE's result depends on them
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    h = x + attn(norm_attn(x), mask=causal, positions=positions)
+    torch.testing.assert_close(block(x, mask=causal, positions=positions), h + ffn(norm_ffn(h)), **TOL)
+
+
+@pytest.mark.exercise("5.5")
+@pytest.mark.points(1)
 def test_block_refuses_half_a_cross_attention(impl):
     with pytest.raises(ValueError, match="norm_cross"):
         impl.models.parts.Block(MultiHeadAttention(8, 2), _TorchMLP(8, 8), nn.LayerNorm(8), nn.LayerNorm(8),
@@ -307,6 +368,21 @@ def test_transformer_lm_matches_hugging_face_llama(impl, num_kv_heads):
         ours, theirs = model(ids), hf(input_ids=ids).logits
     assert ours.shape == (3, 16, 61)
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.exercise("5.7")
+@pytest.mark.points(1)
+def test_transformer_lm_eps_and_positions_match_hugging_face(impl):
+    """A large RMSNorm eps must reach every norm, and explicit RoPE positions must reach every layer."""
+    model = _lm(impl, eps=0.5)
+    hf = to_hf(model)
+    assert hf.config.rms_norm_eps == 0.5
+    ids = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(4))
+    positions = torch.cat([torch.arange(8), torch.arange(20, 28)])  # a gap: not a shift, so RoPE notices
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids), hf(input_ids=ids).logits, atol=1e-4, rtol=1e-4)
+        theirs = hf(input_ids=ids, position_ids=positions[None].expand(2, -1)).logits
+        torch.testing.assert_close(model(ids, positions=positions), theirs, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.exercise("5.7")

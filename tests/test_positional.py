@@ -4,6 +4,24 @@ Oracles from Hugging Face `transformers`: `rotate_half` / `apply_rotary_pos_emb`
 `LlamaRotaryEmbedding` (RoPE, half layout), complex multiplication as in Meta's LLaMA (RoPE,
 interleaved layout), `T5Attention._relative_position_bucket` and `compute_bias`, Bloom's
 `_get_alibi_slopes` and `build_alibi_tensor`. Tolerance 1e-6 (float32 inputs, float64 tables).
+
+Harness: attention (`MultiHeadAttention`, Chapter 1) comes from `reference`, so that a Chapter 1
+bug never costs Chapter 2 points; the code under test comes from `impl`.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 2`):
+- 2.1 sin and cos swapped; exponent i/d instead of 2i/d; position times the wavelength; offset ignored.
+- 2.2 position max_len accepted (off by one); positions ignored; table not trained.
+- 2.3 directions swapped; causal distance of the wrong sign; buckets not halved per direction; the
+  last bucket off by one; the log range not divided by the exact range.
+- 2.4 query minus key; always bidirectional; heads in the wrong order.
+- 2.5 exponent i/d; positive exponent; odd head_dim accepted.
+- 2.6 / 2.7 odd dimensions first; the inverse permutation; identity; halves swapped.
+- 2.8 rotation backwards (either layout); interleaved planes taken as halves; cos and sin swapped.
+- 2.9 positions ignored; cache doubled but not grown to the position asked for; keys rotated by the
+  queries' positions; no head axis for batched positions.
+- 2.10 slopes off by one; the wrong half of the 2p sequence; the geometric rule for any head count.
+- 2.11 / 2.12 queries aligned to the start; positive bias; distance of the wrong sign; bidirectional
+  form ignored; slopes in reverse head order.
 """
 
 from __future__ import annotations
@@ -14,6 +32,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from reference.attention import MultiHeadAttention
 
 TOL = {"atol": 1e-6, "rtol": 1e-6}
 
@@ -236,6 +256,12 @@ def test_rotary_embedding_matches_llama_rotary(impl):
     q_ours, k_ours = ours.rotate(q, k, positions, positions)
     torch.testing.assert_close(q_ours, q_hf, **TOL)
     torch.testing.assert_close(k_ours, k_hf, **TOL)
+    k_positions = torch.tensor([[3, 4, 5, 6, 7], [0, 2, 4, 6, 8]])  # keys elsewhere than the queries (a cache, say)
+    hf_cos_k, hf_sin_k = theirs(torch.zeros(2, 5, 64), k_positions)
+    _, k_hf_elsewhere = apply_rotary_pos_emb(q, k, hf_cos_k, hf_sin_k)
+    q_ours, k_ours = ours.rotate(q, k, positions, k_positions)
+    torch.testing.assert_close(q_ours, q_hf, **TOL)
+    torch.testing.assert_close(k_ours, k_hf_elsewhere, **TOL)
 
 
 @pytest.mark.exercise("2.9")
@@ -325,12 +351,30 @@ def test_alibi_bias_forms(impl):
 def test_alibi_module_inside_attention_equals_the_bias_as_a_mask(impl):
     torch.manual_seed(0)
     alibi = impl.positional.ALiBi(4)
-    hooked = impl.attention.MultiHeadAttention(32, 4, positional=alibi)
-    plain = impl.attention.MultiHeadAttention(32, 4)
+    hooked = MultiHeadAttention(32, 4, positional=alibi)
+    plain = MultiHeadAttention(32, 4)
     plain.load_state_dict(hooked.state_dict())
     x, causal = _rand(2, 6, 32), torch.ones(6, 6, dtype=torch.bool).tril()
-    as_mask = impl.positional.alibi_bias(4, 6).masked_fill(~causal, float("-inf"))
+    slopes = torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8])  # 2^(-8h/n) for n = 4 heads (Press et al., 2022)
+    distance = torch.arange(6.0)[:, None] - torch.arange(6.0)[None, :]  # i - j, written here, not by exercise 2.11
+    as_mask = (-slopes[:, None, None] * distance).masked_fill(~causal, float("-inf"))
     torch.testing.assert_close(hooked(x, mask=causal), plain(x, mask=as_mask), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.exercise("2.12")
+@pytest.mark.points(1)
+def test_alibi_module_bidirectional_and_shifted(impl):
+    """An encoder's ALiBi (causal=False) penalises |i - j| on both sides; shifting the positions changes nothing."""
+    torch.manual_seed(0)
+    hooked = MultiHeadAttention(32, 4, positional=impl.positional.ALiBi(4, causal=False))
+    plain = MultiHeadAttention(32, 4)
+    plain.load_state_dict(hooked.state_dict())
+    x = _rand(2, 6, 32)
+    distance = (torch.arange(6.0)[:, None] - torch.arange(6.0)[None, :]).abs()
+    slopes = torch.tensor([2.0**-2, 2.0**-4, 2.0**-6, 2.0**-8])  # 2^(-8h/n) for n = 4 heads (Press et al., 2022)
+    bias = -slopes[:, None, None] * distance
+    torch.testing.assert_close(hooked(x), plain(x, mask=bias), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hooked(x, positions=torch.arange(40, 46)), hooked(x), atol=1e-5, rtol=1e-5)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -342,7 +386,7 @@ def test_alibi_module_inside_attention_equals_the_bias_as_a_mask(impl):
 @pytest.mark.points(1)
 def test_rope_attention_is_shift_invariant(impl):
     torch.manual_seed(0)
-    mha = impl.attention.MultiHeadAttention(32, 4, 2, positional=impl.positional.RotaryEmbedding(8))
+    mha = MultiHeadAttention(32, 4, 2, positional=impl.positional.RotaryEmbedding(8))
     x, causal = _rand(2, 6, 32), torch.ones(6, 6, dtype=torch.bool).tril()
     torch.testing.assert_close(mha(x, mask=causal), mha(x, mask=causal, positions=torch.arange(100, 106)), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(mha(x, mask=causal), mha(x.flip(1), mask=causal).flip(1), atol=1e-3), "order matters"
@@ -352,7 +396,7 @@ def test_rope_attention_is_shift_invariant(impl):
 @pytest.mark.points(1)
 def test_t5_bias_attention_is_shift_invariant(impl):
     torch.manual_seed(0)
-    mha = impl.attention.MultiHeadAttention(32, 4, positional=impl.positional.RelativePositionBias(4))
+    mha = MultiHeadAttention(32, 4, positional=impl.positional.RelativePositionBias(4))
     x = _rand(2, 6, 32)
     torch.testing.assert_close(mha(x), mha(x, positions=torch.arange(50, 56)), atol=1e-5, rtol=1e-5)
     assert sum(p.numel() for p in mha.parameters()) == 4 * (32 * 32 + 32) + 32 * 4, "the bias table is a parameter"

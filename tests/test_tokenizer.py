@@ -5,6 +5,18 @@ merges, and its BPE trainer for the compression ratio), a deliberately quadratic
 written here (re-counts every pair after every merge), and merges computed by hand. The corpus
 (`reference.data.corpus`) only provides text. Tokens are compared as byte strings, so that the
 oracles' own id layouts do not matter.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 4`):
+- 4.10 special tokens not longest first, not escaped, or pre-tokenised; a whitespace split instead
+  of GPT-2's pattern.
+- 4.11 overlapping occurrences merged; the parts joined in the wrong order; only the first occurrence.
+- 4.12 cuts not moved to a token; a token across two reads missed; repeated boundaries; a cut with
+  no token ahead left in place.
+- 4.13 ties to the smallest pair; special tokens counted and merged; pre-token frequencies ignored;
+  stale heap counts trusted; new pairs not indexed; one merge too many.
+- 4.14 the leftmost mergeable pair instead of the lowest rank; the highest rank first; one merge only.
+- 4.15 broken characters dropped; streaming that settles a pre-token which can still rejoin or cuts
+  a special token; special tokens not saved; special tokens encoded as text.
 """
 
 from __future__ import annotations

@@ -7,6 +7,15 @@ fresh model and optimiser, load, train N - k more; the losses and weights must b
 `AdamW` and `cross_entropy`, so only the checkpoint code is under test. Also: paths and file
 objects, a safe loader (`weights_only`: a pickled object's code never runs), and atomic saving
 (a failed save leaves the previous checkpoint intact and no temporary file behind).
+
+The 6.13 tests write their checkpoints with the reference `save_checkpoint` (harness), so that a
+6.12 bug costs 6.12's points only; 6.12 is checked on the file it writes.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 6`):
+- 6.12 written in place (not atomic); the generator's state not saved; a fresh RNG state saved
+  instead of the global one; the optimiser's moments not saved.
+- 6.13 unpickling arbitrary objects (weights_only=False); optimiser, generator or global RNG not
+  restored; the iteration off by one.
 """
 
 from __future__ import annotations
@@ -18,6 +27,8 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from reference.training.checkpoint import save_checkpoint as harness_save
 
 VOCAB, SEQ = 32, 12
 
@@ -84,6 +95,13 @@ def test_save_writes_a_file_that_loads_safely(impl, tmp_path):
     assert state["optimizer"]["state"], "the optimiser's moments are saved"
     impl.training.checkpoint.save_checkpoint(model, opt, 4, str(path), config={"lr": 3e-2, "name": "tiny"})
     assert torch.load(path, weights_only=True)["config"] == {"lr": 3e-2, "name": "tiny"}
+    torch.manual_seed(31)
+    generator = torch.Generator().manual_seed(32)
+    torch.randn(3, generator=generator)
+    impl.training.checkpoint.save_checkpoint(model, opt, 5, path, generator=generator)
+    rng = torch.load(path, weights_only=True)["rng"]
+    assert torch.equal(rng["torch"], torch.get_rng_state()), "PyTorch's global RNG state is saved (dropout draws from it)"
+    assert torch.equal(rng["generator"], generator.get_state()), "the batch generator's state is saved"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"], "no temporary files left behind"
 
 
@@ -148,7 +166,7 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(impl, tmp_path, as_
     generator = torch.Generator().manual_seed(123)
     first = _steps(model, opt, generator, cut)
     target = io.BytesIO() if as_file_object else tmp_path / "ckpt.pt"
-    impl.training.checkpoint.save_checkpoint(model, opt, cut, target, generator=generator)
+    harness_save(model, opt, cut, target, generator=generator)
     _steps(model, opt, generator, 3)  # wander off: the load must undo this
     torch.manual_seed(999)
 
@@ -170,7 +188,7 @@ def test_load_restores_weights_optimizer_and_iteration(impl, tmp_path):
     model, opt = _fresh(4)
     _steps(model, opt, torch.Generator().manual_seed(4), 4)
     path = tmp_path / "ckpt.pt"
-    impl.training.checkpoint.save_checkpoint(model, opt, 4, path)
+    harness_save(model, opt, 4, path)
     model2, opt2 = _fresh(5)
     assert impl.training.checkpoint.load_checkpoint(path, model2, opt2) == 4
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), model2.state_dict().values()))
@@ -198,7 +216,7 @@ class _Payload:
 @pytest.mark.points(2)
 def test_load_never_unpickles_arbitrary_objects(impl, tmp_path):
     model, opt = _fresh(7)
-    impl.training.checkpoint.save_checkpoint(model, opt, 2, tmp_path / "good.pt")
+    harness_save(model, opt, 2, tmp_path / "good.pt")
     assert impl.training.checkpoint.load_checkpoint(tmp_path / "good.pt", model, opt) == 2
     path, marker = tmp_path / "evil.pt", tmp_path / "the-pickle-ran-code"
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": _Payload(str(marker)), "rng": {}}, path)

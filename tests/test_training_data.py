@@ -5,6 +5,9 @@ A dataset of consecutive integers makes every window self-describing: its first 
 Checks: shapes and dtype, the one-token shift, every start in [0, n - context_length - 1] drawn
 and none outside (about uniformly: a chi-square test), memmaps of uint16 (ids above 32,767
 included) and int32, repeatability with a generator, and errors that name the bad argument.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 6`):
+the last window never drawn; targets not shifted; uint16 ids cast to int16; the generator ignored.
 """
 
 from __future__ import annotations

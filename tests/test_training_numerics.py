@@ -4,6 +4,17 @@ schedule, gradient clipping.
 Oracles from PyTorch: `torch.log_softmax`, `torch.nn.functional.cross_entropy` (and its
 gradient), `torch.optim.AdamW` (100 steps, equal to 1e-6), `torch.optim.lr_scheduler.CosineAnnealingLR`
 and `torch.nn.utils.clip_grad_norm_`, each over many random cases. Tolerance 1e-6 unless stated.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 6`):
+- 6.6 max not subtracted; log of the softmax (underflows); max or sum over the last dim, not `dim`.
+- 6.7 sum instead of mean; wrong sign; the neighbouring id's probability; loss_mask ignored or
+  inverted; half precision not computed in float32.
+- 6.8 no bias correction of m or of v, or v's without the square root; L2 penalty instead of
+  decoupled decay; decay not scaled by lr; eps inside the square root or before the bias
+  correction; beta1 and 1 - beta1 swapped; v from |g|; the step count not kept.
+- 6.9 warm-up off by one; the 1/2 missing; decay to 0 instead of the minimum; cosine counted from 0.
+- 6.10 eps missing (gradients of norm about 1e-6, where eps decides the scale); sum of the norms
+  instead of the joint norm; small gradients scaled up; the norm after clipping returned.
 """
 
 from __future__ import annotations
@@ -360,3 +371,20 @@ def test_cross_entropy_with_float_weights_divides_by_their_sum(impl):
     for weights in (torch.full((3, 5), 0.02), torch.rand(3, 5) * 0.05, torch.rand(3, 5) * 4):  # sums 0.3, < 1, > 1
         expected = (nll * weights).sum() / weights.sum()
         torch.testing.assert_close(impl.training.numerics.cross_entropy(logits, targets, weights), expected)
+
+
+@pytest.mark.exercise("6.10")
+@pytest.mark.points(1)
+def test_clip_grad_norm_divides_by_the_norm_plus_eps(impl):
+    """The task's scale is max_l2_norm / (||g|| + 1e-6): for a norm near 1e-6 the eps halves the step."""
+    w = torch.nn.Parameter(torch.zeros(2))
+    w.grad = torch.tensor([3e-6, 4e-6])  # norm 5e-6
+    total = impl.training.numerics.clip_grad_norm_(w, 1e-6)
+    assert float(total) == pytest.approx(5e-6, rel=1e-6)
+    torch.testing.assert_close(w.grad, torch.tensor([3e-6, 4e-6]) * (1e-6 / 6e-6), atol=0, rtol=1e-5)
+    ours, theirs = _with_grads(3, 1e-7), _with_grads(3, 1e-7)
+    impl.training.numerics.clip_grad_norm_(ours, 1e-7)
+    torch.nn.utils.clip_grad_norm_(theirs, 1e-7)
+    for a, b in zip(ours, theirs):
+        if a.grad is not None:
+            torch.testing.assert_close(a.grad, b.grad, atol=0, rtol=1e-5)

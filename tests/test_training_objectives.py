@@ -7,6 +7,15 @@ fixes exactly (recomputed here from its formulas), every admissible span layout 
 likely (a chi-square test), and sentinels that let the original text be rebuilt from inputs and
 targets (also as a `hypothesis` property over lengths, densities and span lengths). All draws are
 seeded, so the tests are deterministic.
+
+The plausible bugs these tests catch (each planted by `python -m tests.run_mutants --chapter 6`):
+- 6.1 targets not shifted or shifted the wrong way; padding judged on the inputs.
+- 6.2 special tokens chosen; 90% [MASK]; no random replacement; every position scored; corrupted
+  targets; replacements from a few ids.
+- 6.3 noise or span counts floored instead of rounded; starting with noise; equal spans; cuts with
+  replacement (empty spans); cuts biased to the start.
+- 6.4 sentinels numbered from the other end or off by one; one sentinel per token.
+- 6.5 the loss mask off by one either way; prefix length 0 drawn or the longest never drawn.
 """
 
 from __future__ import annotations
@@ -175,13 +184,21 @@ def test_noise_mask_layouts_are_equally_likely(impl):
 
 @pytest.mark.exercise("6.3")
 @pytest.mark.points(1)
-def test_noise_mask_span_lengths_average_the_mean(impl):
+def test_noise_mask_span_lengths_follow_a_uniform_composition(impl):
+    """At length 512 (77 noise tokens in 26 spans) every cut into spans is equally likely, so one span's
+    length l has P(l) = C(77 - l - 1, 24) / C(76, 25) (a uniform composition). The mean is fixed by the
+    counts; the shape of the distribution is what this checks: its short, middle and long spans."""
     g = _gen(4)
     lengths = [
         n for _ in range(200) for noisy, n in _runs(impl.training.objectives.random_spans_noise_mask(512, g).tolist()) if noisy
     ]
-    assert sum(lengths) / len(lengths) == pytest.approx(77 / 26, rel=1e-9)  # round(512 * 0.15) = 77 tokens in 26 spans
-    assert max(lengths) > 8, "span lengths vary"
+    assert len(lengths) == 200 * 26
+    exact = {l: math.comb(77 - l - 1, 24) / math.comb(76, 25) for l in range(1, 53)}
+    for name, ls in (("1", [1]), ("2-3", [2, 3]), ("6 or more", range(6, 53))):
+        p = sum(exact[l] for l in ls)
+        seen = sum(1 for n in lengths if n in ls) / len(lengths)
+        sigma = math.sqrt(p * (1 - p) / len(lengths))  # spans of one draw are negatively correlated: this is generous
+        assert abs(seen - p) < 5 * sigma, f"spans of length {name}: {seen:.3f} of them, a uniform composition gives {p:.3f}"
 
 
 @pytest.mark.exercise("6.3")

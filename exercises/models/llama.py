@@ -1,8 +1,9 @@
 """Exercise for Chapter 5: the LLaMA-style causal decoder (also a prefix decoder).
 
 Fill in the bodies that raise NotImplementedError. Build it from the reference parts imported
-below (your own parts are graded on their own, in exercises 5.1-5.5). Grade with
-`llm-course grade 5`. Mirrors `reference/models/llama.py`.
+below: your own parts are graded on their own, in exercises 5.1-5.6, on inputs where their bugs
+show (eps-sensitive norms, say), so that 5.7 grades the model's wiring alone and a bug in a part
+costs that part's points once. Grade with `llm-course grade 5`. Mirrors `reference/models/llama.py`.
 """
 
 from __future__ import annotations
