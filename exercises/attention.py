@@ -6,6 +6,8 @@ Fill in each body that raises NotImplementedError; the docstrings say what to re
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
@@ -155,6 +157,11 @@ class MultiHeadAttention(nn.Module):
         positional: a relative position scheme (see above), or None.
         scale: factor on the scores q . k; None means 1 / sqrt(head_dim). T5 uses 1 (it folds the
             scale into its initialisation).
+        sdpa: compute softmax(q k^T * scale + mask) v with PyTorch's fused
+            `torch.nn.functional.scaled_dot_product_attention` instead of this module's explicit
+            `scaled_dot_product_attention` (the one Chapter 1 teaches). The same function to float
+            tolerance, with less memory and time; the course's models turn it on. Also an
+            attribute (`attn.sdpa = False` switches a built model back to the explicit path).
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -171,6 +178,7 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         positional: nn.Module | None = None,
         scale: float | None = None,
+        sdpa: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -184,6 +192,7 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         context_positions: Tensor | None = None,
+        cache: Any | None = None,
     ) -> Tensor:
         """Attend from `x` to itself (self-attention) or to `context` (cross-attention).
 
@@ -197,11 +206,17 @@ class MultiHeadAttention(nn.Module):
                 `positional` scheme; defaults to 0 .. seq_q - 1.
             context_positions: positions of the keys; defaults to `positions` in self-attention and
                 to 0 .. seq_k - 1 in cross-attention.
+            cache: this layer's key/value cache for decoding (Chapter 15, `reference.inference`),
+                an object whose `update(k, v)` stores the new keys and values, (batch, kv_heads,
+                seq_q, head_dim), after the positional rotation, and returns all keys and values
+                so far, (batch, kv_heads, seq_k, head_dim); `mask` must then cover all seq_k keys.
+                Self-attention only. None (the default, and in training) keeps nothing.
 
         Returns:
             Output of shape (batch, seq_q, d_model).
         """
-        # Hint: project, rearrange "b s (h d) -> b h s d", apply self.positional if any, repeat_kv,
-        # attend, merge heads, out_proj.
+        # Hint: project, rearrange "b s (h d) -> b h s d", apply self.positional if any, then (with a
+        # cache) let cache.update extend k and v, repeat_kv, attend (torch's fused kernel when self.sdpa),
+        # merge heads, out_proj.
         raise NotImplementedError("Exercise 1.7: multi-head attention module")
 
