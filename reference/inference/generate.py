@@ -35,7 +35,6 @@ import torch
 from torch import Tensor, nn
 
 from reference.attention import causal_mask
-from reference.validation import check_int
 
 OVERFLOW = ("error", "slide")
 
@@ -103,7 +102,7 @@ class KVCache:
     ) -> None:
         for name, value in (("num_layers", num_layers), ("batch", batch), ("num_kv_heads", num_kv_heads),
                             ("head_dim", head_dim), ("max_len", max_len)):
-            check_int(name, value, 1)
+            _check_count(name, value, 1)
         shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
@@ -146,6 +145,14 @@ class KVCache:
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_count(name: str, value: object, minimum: int) -> None:
+    """TypeError unless `value` is an int (not a bool), ValueError unless it is >= minimum."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
 def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raise TypeError/ValueError unless temperature is a finite number >= 0, top_k None or an int >= 1,
     and top_p None or a number in (0, 1]."""
@@ -154,7 +161,7 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}")
     if top_k is not None:
-        check_int("top_k", top_k, 1)
+        _check_count("top_k", top_k, 1)
     if top_p is not None:
         if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
             raise TypeError(f"top_p must be a number, got {top_p!r}")
@@ -287,7 +294,6 @@ def _prefill(model: nn.Module, ids: Tensor, mask: Tensor, max_len: int) -> tuple
     return logits.float(), cache
 
 
-@torch.no_grad()
 def stream(
     model: nn.Module,
     prompts: Tensor | Sequence[int] | Sequence[Sequence[int]],
@@ -327,9 +333,10 @@ def stream(
             starting again from 0 (what `TransformerLM.generate` does).
 
     Yields:
-        One `Step` per new token, until every row has stopped or max_new_tokens steps.
+        One `Step` per new token, until every row has stopped or max_new_tokens steps. The
+        arguments are checked when `stream` is called, before the first step is asked for.
     """
-    check_int("max_new_tokens", max_new_tokens, 0)
+    _check_count("max_new_tokens", max_new_tokens, 0)
     check_sampling(temperature, top_k, top_p)
     if context_overflow not in OVERFLOW:
         raise ValueError(f"context_overflow must be one of {OVERFLOW}, got {context_overflow!r}")
@@ -350,8 +357,18 @@ def stream(
             f"prompt of {width} tokens + max_new_tokens={max_new_tokens} is more than the model's "
             f"context_length={context}; shorten them or pass context_overflow='slide'"
         )
+    return _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer, generator,
+                   pad_token_id, use_cache)  # fmt: skip
+
+
+@torch.no_grad()
+def _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer, generator,
+            pad_token_id, use_cache) -> Iterator[Step]:  # fmt: skip
+    """`stream`'s loop, on checked arguments: prefill, then one token per step."""
     if max_new_tokens == 0:
         return
+    batch, width = ids.shape
+    device, context = ids.device, model.context_length
     max_len = min(context, width + max_new_tokens)
     new: list[list[int]] = [[] for _ in range(batch)]
     done: list[str | None] = [None] * batch
@@ -364,7 +381,7 @@ def stream(
             if not use_cache or ids.shape[1] >= context:
                 cache = None  # nothing to reuse: recompute next time
         else:
-            positions = _positions(mask)[:, -1:]  # (batch, 1): one past each row's last position
+            positions = mask.sum(dim=1, keepdim=True) - 1  # (batch, 1): the newest token's position in its row
             logits = model(ids[:, -1:], positions=positions, cache=cache)[:, -1].float()
             if cache.length >= context:
                 cache = None  # the context is full: from now on the window slides
