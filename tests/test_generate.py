@@ -364,3 +364,80 @@ def test_bad_prompts():
             generate(model, prompts, 2)
     with pytest.raises(ValueError, match="out of range"):
         generate(model, [[1, VOCAB]], 2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Text: streaming pieces, the chat session, the commands
+# ----------------------------------------------------------------------------------------------
+
+
+def test_stream_text_holds_back_cut_characters_and_hides_the_stop_token():
+    from reference.inference.chat import stream_text
+
+    class BytesTokenizer:  # id i is byte i; "é" is two ids
+        special_tokens = ()
+
+        def decode(self, ids):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    class Scripted(torch.nn.Module):  # a "model" whose greedy choices are a fixed script
+        context_length = 32
+        config = dict(num_layers=1, num_heads=1, num_kv_heads=1, d_model=2)
+
+        def __init__(self, script):
+            super().__init__()
+            self.script, self.weight = script, torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, ids, positions=None, cache=None):
+            cache.advance(ids.shape[1])
+            logits = torch.full((ids.shape[0], ids.shape[1], 256), -1e9)
+            logits[:, -1, self.script[min(cache.length - 3, len(self.script) - 1)]] = 0.0
+            return logits
+
+    script = list("hé!".encode()) + [7]
+    pieces = list(stream_text(Scripted(script), BytesTokenizer(), [1, 2, 3], 10, stop_at=[7]))
+    assert pieces == ["h", "é", "!"]  # é's two bytes come out together, the stop id 7 is not shown
+
+
+def test_chat_session_keeps_the_history_and_drops_old_turns():
+    from reference import load_pretrained
+    from reference.inference.chat import ChatSession, chatml, render_chat
+
+    model, tok = load_pretrained("llama-tiny")
+    session = ChatSession(model, tok, system="Be brief.", max_new_tokens=8)
+    first = "".join(session.reply("hello"))
+    assert session.messages[-1] == {"role": "assistant", "content": first} and len(session.messages) == 3
+    expected = tok.encode(chatml(session.messages[:2]))
+    assert render_chat(tok, session.messages[:2]) == expected
+    assert first == tok.decode(generate(model, [expected], 8, eos_token_id=tok.encode("<|endoftext|>")).new_tokens[0]).replace("<|endoftext|>", "")
+    for _ in range(6):  # long turns: the oldest are forgotten, the system prompt stays
+        "".join(session.reply("word " * 40))
+    assert session.messages[0]["role"] == "system" and len(render_chat(tok, session.messages)) <= 256
+
+
+def _cli(args, stdin=""):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "reference.course.cli", *args], input=stdin, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+
+
+def test_generate_command_prints_the_greedy_continuation():
+    from reference import load_pretrained
+
+    run = _cli(["generate", "--model", "llama-tiny", "--max-new-tokens", "12", "def main"])
+    assert run.returncode == 0, run.stderr
+    model, tok = load_pretrained("llama-tiny")
+    expected = tok.decode(generate(model, [tok.encode("def main")], 12, eos_token_id=tok.encode("<|endoftext|>")).new_tokens[0])
+    assert run.stdout == expected.split("<|endoftext|>")[0] + "\n"
+    bad = _cli(["generate", "--model", "no-such-model", "hi"])
+    assert bad.returncode == 2 and "no-such-model" in bad.stderr
+
+
+def test_chat_command_driven_by_stdin():
+    run = _cli(["chat", "--model", "llama-tiny", "--max-new-tokens", "6", "--temperature", "0"], "hello\n/reset\nhi again\n")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("you> ") == 4 and run.stdout.count("llama-tiny> ") == 2  # two replies, then end of input
+    bad = _cli(["chat", "--model", "llama-tiny", "--temperature", "nan"], "hello\n")
+    assert bad.returncode == 2 and "temperature" in bad.stderr
