@@ -493,3 +493,208 @@ def train_tokenizer(
     """`train_bpe` on the file at `text_path`, wrapped in a `Tokenizer` with the same special tokens."""
     vocab, merges = train_bpe(text_path, vocab_size, special_tokens, num_processes)
     return Tokenizer(vocab, merges, special_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# A pretrained model's tokenizer: its own pre-tokenizer, special-token ids and chat template
+# ----------------------------------------------------------------------------------------------
+
+
+def split_pieces(text: str, patterns: Sequence[regex.Pattern]) -> list[str]:
+    """Split `text` by each pattern in turn: every piece becomes its matches and the text between them.
+
+    This is Hugging Face's `Split(behavior="isolated")` chained in a `Sequence`, and llama.cpp's
+    list of `regex_exprs`. With one pattern that matches every character (GPT-2's) it is `findall`.
+    """
+    pieces = [text]
+    for pattern in patterns:
+        out = []
+        for piece in pieces:
+            start = 0
+            for match in pattern.finditer(piece):
+                if match.start() > start:
+                    out.append(piece[start : match.start()])
+                out.append(match.group())
+                start = match.end()
+            if start < len(piece):
+                out.append(piece[start:])
+        pieces = out
+    return pieces
+
+
+PRETRAINED_FORMAT = "understanding-llms pretrained byte-level BPE"
+
+
+class PretrainedTokenizer(Tokenizer):
+    """The byte-level BPE tokenizer of a pretrained model (e.g. SmolLM2, read from its GGUF file).
+
+    The same merges and decoding as `Tokenizer`, with three things a trained model fixes for itself:
+    its pre-tokenizer (a chain of regular expressions, see `split_pieces`), the ids of its special
+    tokens (anywhere in the vocabulary, e.g. "<|im_start|>" = 1), and a chat template that lays a
+    conversation out as the model was fine-tuned to read it.
+
+    Args:
+        vocab: {id: token bytes}; the single bytes it lacks are listed in `absent_bytes`.
+        merges: the merges (bytes, bytes), best first.
+        special_tokens: {token: id}, each matched whole in text before pre-tokenisation; vocab[id]
+            must be the token's UTF-8 bytes.
+        patterns: the pre-tokenizer's regular expressions, applied in turn.
+        chat_template: a Jinja template over `messages` (Hugging Face's convention), or None.
+        bos_token, eos_token, pad_token: names of special tokens, or None.
+    """
+
+    def __init__(
+        self,
+        vocab: Mapping[int, bytes],
+        merges: Sequence[tuple[bytes, bytes]],
+        special_tokens: Mapping[str, int],
+        patterns: Sequence[str] = (GPT2_PATTERN,),
+        chat_template: str | None = None,
+        bos_token: str | None = None,
+        eos_token: str | None = None,
+        pad_token: str | None = None,
+    ) -> None:
+        if not isinstance(vocab, Mapping):
+            raise TypeError(f"vocab must be a mapping of int ids to bytes, got {type(vocab).__name__}")
+        # A trained vocabulary may lack a few bytes (SmolLM2's has no token for 21 control bytes):
+        # they stand in at ids past the end while `Tokenizer` checks the merges, then leave again,
+        # and text that holds one is refused by `encode`.
+        held = set(vocab.values())
+        absent = {b: max(vocab, default=-1) + 1 + k for k, b in enumerate(b for b in _BYTES if b not in held)}
+        super().__init__({**vocab, **{i: b for b, i in absent.items()}}, merges)
+        for b, i in absent.items():
+            del self.vocab[i], self._ids[b]
+        self.absent_bytes = frozenset(b[0] for b in absent)
+        if not isinstance(special_tokens, Mapping):
+            raise TypeError(f"special_tokens must map token strings to ids, got {type(special_tokens).__name__}")
+        self.special_tokens = _check_special_tokens(list(special_tokens))
+        for token, token_id in special_tokens.items():
+            if self.vocab.get(token_id) != token.encode("utf-8"):
+                raise ValueError(f"special_tokens[{token!r}] = {token_id!r}, but vocab[{token_id!r}] is {self.vocab.get(token_id)!r}")
+        self._special_ids = dict(special_tokens)
+        specials = set(self._special_ids.values())
+        self._ids = {t: i for t, i in self._ids.items() if i not in specials}
+        self._cache = {token: [i] for token, i in self._special_ids.items()}
+        self._longest_special = max(map(len, self.special_tokens), default=0)
+        if isinstance(patterns, str) or not patterns:
+            raise TypeError(f"patterns must be a non-empty sequence of regular expressions, got {patterns!r}")
+        self.patterns = tuple(patterns)
+        self._patterns = tuple(regex.compile(p) for p in self.patterns)
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise TypeError(f"chat_template must be a str or None, got {type(chat_template).__name__}")
+        self.chat_template = chat_template
+        for role, token in (("bos_token", bos_token), ("eos_token", eos_token), ("pad_token", pad_token)):
+            if token is not None and token not in self._special_ids:
+                raise ValueError(f"{role} {token!r} is not one of the special tokens")
+        self.bos_token, self.eos_token, self.pad_token = bos_token, eos_token, pad_token
+
+    def _pretokenize(self, text: str) -> list[str]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        splitter = _special_splitter(self.special_tokens)
+        pieces = splitter.split(text) if splitter else [text]
+        out: list[str] = []
+        for i, piece in enumerate(pieces):
+            if i % 2:
+                out.append(piece)
+            elif piece:
+                out.extend(split_pieces(piece, self._patterns))
+        return out
+
+    def _encode_new(self, pretoken: str) -> list[int]:
+        if self.absent_bytes and not self.absent_bytes.isdisjoint(pretoken.encode("utf-8")):
+            byte = next(b for b in pretoken.encode("utf-8") if b in self.absent_bytes)
+            raise ValueError(f"text holds the byte {byte:#04x} (in {pretoken!r}), which this vocabulary cannot encode")
+        return super()._encode_new(pretoken)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of `text`: special tokens to their ids, the rest pre-tokenised by `patterns` and merged.
+        ValueError when the text holds a byte that the vocabulary lacks (`absent_bytes`)."""
+        return self._pieces_to_ids(self._pretokenize(text))
+
+    def _settled(self, text: str) -> tuple[int, list[str]]:
+        """As `Tokenizer._settled`, with this tokenizer's pre-tokenizer: all but the last two pieces
+        after the last final special token are final (a digit split off by "\\p{N}" never regrows)."""
+        limit = len(text) - max(self._longest_special - 1, 0)
+        start = 0
+        splitter = _special_splitter(self.special_tokens)
+        if splitter is not None:
+            for match in splitter.finditer(text):
+                if match.start() >= limit:
+                    break
+                start = match.end()
+        pieces = self._pretokenize(text[:start])
+        if start >= limit:
+            return start, pieces
+        final = split_pieces(text[start:limit], self._patterns)[:-2]
+        return start + sum(map(len, final)), pieces + final
+
+    def apply_chat_template(
+        self, messages: Sequence[Mapping[str, str]], add_generation_prompt: bool = False, tokenize: bool = False
+    ) -> str | list[int]:
+        """A conversation laid out by the model's chat template, e.g. ChatML's
+        "<|im_start|>user\\nWhat is 2 + 2?<|im_end|>\\n".
+
+        Args:
+            messages: [{"role": "system" | "user" | "assistant", "content": str}, ...].
+            add_generation_prompt: end with the opening of an assistant turn, for the model to continue.
+            tokenize: return the ids (`encode` of the text) instead of the text.
+
+        The template is rendered in a sandboxed Jinja environment with trim_blocks and lstrip_blocks,
+        as Hugging Face's `apply_chat_template` does.
+        """
+        if self.chat_template is None:
+            raise ValueError("this tokenizer has no chat template")
+        if isinstance(messages, str | bytes) or not isinstance(messages, Sequence):
+            raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got {type(messages).__name__}")
+        for i, message in enumerate(messages):
+            if not isinstance(message, Mapping) or not isinstance(message.get("role"), str) or not isinstance(message.get("content"), str):
+                raise ValueError(f"messages[{i}] must be a dict with str 'role' and 'content', got {message!r}")
+        text = _chat_environment().from_string(self.chat_template).render(
+            messages=[dict(m) for m in messages], add_generation_prompt=bool(add_generation_prompt),
+            bos_token=self.bos_token or "", eos_token=self.eos_token or "",
+        )
+        return self.encode(text) if tokenize else text
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the tokenizer, pre-tokenizer, special ids and chat template included, to JSON, atomically."""
+        state = {
+            "format": PRETRAINED_FORMAT,
+            "version": 1,
+            "special_tokens": self._special_ids,
+            "patterns": list(self.patterns),
+            "chat_template": self.chat_template,
+            "named_tokens": {"bos_token": self.bos_token, "eos_token": self.eos_token, "pad_token": self.pad_token},
+            "vocab": {str(i): token.hex() for i, token in sorted(self.vocab.items())},
+            "merges": [[first.hex(), second.hex()] for first, second in self.merges],
+        }
+        target = Path(path)
+        with atomic_write(target, "w", encoding="utf-8") as file:
+            json.dump(state, file, ensure_ascii=False)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PretrainedTokenizer:
+        """A tokenizer read back from a file written by `PretrainedTokenizer.save`."""
+        try:
+            state = json.loads(Path(path).read_text(encoding="utf-8"))
+            if not isinstance(state, dict) or state.get("format") != PRETRAINED_FORMAT or state.get("version") != 1:
+                raise ValueError(f"it is not a version-1 {PRETRAINED_FORMAT!r} file")
+            vocab = {int(i): bytes.fromhex(token) for i, token in state["vocab"].items()}
+            merges = [(bytes.fromhex(first), bytes.fromhex(second)) for first, second in state["merges"]]
+            return cls(vocab, merges, state["special_tokens"], state["patterns"], state["chat_template"], **state["named_tokens"])
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            raise ValueError(f"path {os.fspath(path)!r} does not hold a pretrained tokenizer: {error}") from error
+
+
+@lru_cache(maxsize=1)
+def _chat_environment():
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str):
+        raise ValueError(f"the chat template refused the messages: {message}")
+
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    environment.globals["raise_exception"] = raise_exception
+    return environment
