@@ -312,9 +312,10 @@ class MultiHeadAttention(nn.Module):
             k, v = F.linear(source, w[q_out:], None if b is None else b[q_out:]).chunk(2, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
-        q = rearrange(q, "b s (h d) -> b h s d", h=self.num_heads)  # (batch, heads, seq_q, head_dim)
-        k = rearrange(k, "b s (h d) -> b h s d", h=self.num_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
-        v = rearrange(v, "b s (h d) -> b h s d", h=self.num_kv_heads)
+        # "b s (h d) -> b h s d", written with torch's own views (einops' parsing costs more than a decoding step's attention)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (batch, heads, seq_q, head_dim)
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)  # (batch, kv_heads, seq_k, head_dim)
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
         if cache is not None and context is not None:
             raise ValueError("cache is for self-attention: pass context=None with a cache")
         if self.positional is not None:
@@ -354,7 +355,8 @@ def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale
     if mask is not None:
         if mask.dtype != torch.bool and not mask.is_floating_point():
             raise ValueError(f"mask must be boolean or floating point, got dtype {mask.dtype}")
-        if _broadcast_shape("mask and scores", mask.shape, score_shape) != score_shape:
+        # the same check as torch.broadcast_shapes, written out: that one costs more than a decoding step's attention
+        if mask.dim() > 4 or any(m not in (1, s) for m, s in zip(reversed(mask.shape), reversed(score_shape))):
             raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {tuple(score_shape)}")
         if mask.is_floating_point():
             mask = mask.to(q.dtype)

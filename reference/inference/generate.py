@@ -66,9 +66,10 @@ class LayerKVCache:
             )
         if end > cache.max_len:
             raise ValueError(f"the cache holds {cache.max_len} positions: cannot add {k.shape[2]} to {start}")
-        cache.keys[self.layer, :, :, start:end] = k
-        cache.values[self.layer, :, :, start:end] = v
-        return cache.keys[self.layer, :, :, :end], cache.values[self.layer, :, :, :end]
+        keys, values = cache.keys[self.layer], cache.values[self.layer]  # (batch, kv_heads, max_len, head_dim)
+        keys[:, :, start:end] = k
+        values[:, :, start:end] = v
+        return keys[:, :, :end], values[:, :, :end]
 
 
 class KVCache:
@@ -135,6 +136,8 @@ class KVCache:
         sees only itself, so that no row of the scores is empty (its output is never used).
         """
         end = self.length + new
+        if new == 1:  # one decoding step: the newest token sees every real slot, itself included
+            return self.key_mask[:, None, None, :end]
         allowed = causal_mask(new, end, device=self.key_mask.device)  # (new, end)
         own_slot = torch.arange(end, device=allowed.device)[None, :] == torch.arange(self.length, end, device=allowed.device)[:, None]
         return (allowed & (self.key_mask[:, None, :end] | own_slot))[:, None]  # (batch, 1, new, end)
@@ -207,10 +210,8 @@ def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None
     return torch.softmax(logits, dim=-1)
 
 
-def sample(probs: Tensor, temperature: float, generator: torch.Generator | None = None) -> Tensor:
-    """Draw one token per row from probs (batch, vocab) -> (batch,) ids; argmax when temperature is 0."""
-    if temperature == 0:
-        return probs.argmax(dim=-1)
+def sample(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Draw one token per row from probs (batch, vocab) -> (batch,) ids (a one-hot row gives its token)."""
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
@@ -385,8 +386,12 @@ def _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, eos, st
             logits = model(ids[:, -1:], positions=positions, cache=cache)[:, -1].float()
             if cache.length >= context:
                 cache = None  # the context is full: from now on the window slides
-        probs = next_token_probs(logits, temperature, top_k, top_p)
-        token = sample(probs, temperature, generator)  # (batch,)
+        if temperature == 0:  # greedy: the argmax, and its one-hot as the distribution
+            token = logits.argmax(dim=-1)  # (batch,)
+            probs = torch.zeros_like(logits).scatter_(-1, token[:, None], 1.0)
+        else:
+            probs = next_token_probs(logits, temperature, top_k, top_p)
+            token = sample(probs, generator)  # (batch,)
         chosen = token.tolist()
         tokens: list[int | None] = []
         finished: list[str | None] = [None] * batch
