@@ -93,6 +93,13 @@ def test_the_cache_feeds_one_token_per_step():
     assert widths == [9, 1, 1, 1, 1, 1]  # the prefill, then one token per step
 
 
+def test_last_only_logits_equal_the_last_of_all():
+    model = _model()
+    ids = torch.tensor(_prompts((7, 7)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, last_only=True), model(ids)[:, -1:], atol=1e-6, rtol=1e-6)
+
+
 def test_kv_cache_shapes_and_limits():
     model = _model(context_length=16)
     cache = KVCache.for_model(model, batch=3)
@@ -388,7 +395,7 @@ def test_stream_text_holds_back_cut_characters_and_hides_the_stop_token():
             super().__init__()
             self.script, self.weight = script, torch.nn.Parameter(torch.zeros(1))
 
-        def forward(self, ids, positions=None, cache=None):
+        def forward(self, ids, positions=None, cache=None, last_only=False):
             cache.advance(ids.shape[1])
             logits = torch.full((ids.shape[0], ids.shape[1], 256), -1e9)
             logits[:, -1, self.script[min(cache.length - 3, len(self.script) - 1)]] = 0.0

@@ -66,6 +66,7 @@ class TransformerLM(nn.Module):
         positions: Tensor | None = None,
         prefix_length: int | Tensor | None = None,
         cache: Any | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Logits for every position.
 
@@ -78,13 +79,15 @@ class TransformerLM(nn.Module):
             cache: None for the plain forward (training); a `reference.inference.KVCache` to decode
                 (Chapter 15): token_ids are the tokens after the cached ones, their keys and values
                 are stored in it, and attention also reads the cached ones (causal, padding slots masked).
+            last_only: compute the logits of the last position only, (batch, 1, vocab_size): all that
+                decoding needs, and the output layer is the largest matrix product of a small model.
 
         Returns:
             (batch, seq, vocab_size) logits; position t predicts token t + 1.
         """
         # Hint: check the ids, pick causal_mask or prefix_mask (with a cache: cache.attention_mask and
         # positions after cache.length), embed, run the layers (layer i gets cache.layer(i)), ln_final,
-        # lm_head; cache.advance once all layers are done.
+        # lm_head (on the last position alone when last_only); cache.advance once all layers are done.
         raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
 
     def generate(

@@ -20,7 +20,8 @@ newest token sits in the last column: pad slots are masked out of every attentio
 token keeps the position it would have alone (0 .. len - 1), so a batch gives the same tokens as
 each prompt on its own.
 
-Works with any model whose forward is `model(token_ids, positions=..., cache=...)` and that has a
+Works with any model whose forward is `model(token_ids, positions=..., cache=..., last_only=True)`
+(logits of the last position, (batch, 1, vocab)) and that has a
 `context_length` and a `config` with `num_layers`, `num_heads`, `num_kv_heads` and `d_model`, such as
 `reference.models.llama.TransformerLM`.
 """
@@ -291,7 +292,7 @@ def _prefill(model: nn.Module, ids: Tensor, mask: Tensor, max_len: int) -> tuple
     """Run the model over the whole of `ids` into a fresh cache; returns last-position logits (batch, vocab) and the cache."""
     cache = KVCache.for_model(model, ids.shape[0], max_len)
     cache.key_mask[:, : ids.shape[1]] = mask
-    logits = model(ids, positions=_positions(mask), cache=cache)[:, -1]
+    logits = model(ids, positions=_positions(mask), cache=cache, last_only=True)[:, -1]
     return logits.float(), cache
 
 
@@ -383,7 +384,7 @@ def _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, eos, st
                 cache = None  # nothing to reuse: recompute next time
         else:
             positions = mask.sum(dim=1, keepdim=True) - 1  # (batch, 1): the newest token's position in its row
-            logits = model(ids[:, -1:], positions=positions, cache=cache)[:, -1].float()
+            logits = model(ids[:, -1:], positions=positions, cache=cache, last_only=True)[:, -1].float()
             if cache.length >= context:
                 cache = None  # the context is full: from now on the window slides
         if temperature == 0:  # greedy: the argmax, and its one-hot as the distribution

@@ -100,6 +100,7 @@ class TransformerLM(nn.Module):
         positions: Tensor | None = None,
         prefix_length: int | Tensor | None = None,
         cache: Any | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Logits for every position.
 
@@ -112,6 +113,8 @@ class TransformerLM(nn.Module):
             cache: None for the plain forward (training); a `reference.inference.KVCache` to decode
                 (Chapter 15): token_ids are the tokens after the cached ones, their keys and values
                 are stored in it, and attention also reads the cached ones (causal, padding slots masked).
+            last_only: compute the logits of the last position only, (batch, 1, vocab_size): all that
+                decoding needs, and the output layer is the largest matrix product of a small model.
 
         Returns:
             (batch, seq, vocab_size) logits; position t predicts token t + 1.
@@ -135,6 +138,8 @@ class TransformerLM(nn.Module):
             x = layer(x, mask=mask, positions=positions, cache=None if cache is None else cache.layer(i))
         if cache is not None:
             cache.advance(seq)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.ln_final(x))  # (batch, seq, vocab_size)
 
     def generate(
