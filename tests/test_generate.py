@@ -111,8 +111,13 @@ def test_kv_cache_shapes_and_limits():
             model(torch.zeros(3, 7, dtype=torch.long), cache=cache)
         with pytest.raises(ValueError, match="prefix_length"):
             model(torch.zeros(3, 1, dtype=torch.long), cache=cache, prefix_length=1)
+    assert cache.attention_mask(1) is None  # no padding: one new query sees every key
+    assert torch.equal(cache.attention_mask(2), torch.ones(2, 12, dtype=torch.bool).tril(10))
+    cache.set_padding(torch.tensor([[True] * 10, [False] * 3 + [True] * 7, [False] * 9 + [True]]))
     mask = cache.attention_mask(2)
-    assert mask.shape == (3, 1, 2, 12) and mask[:, :, 0, :11].all() and not mask[:, :, 0, 11].any()
+    assert mask.shape == (3, 1, 2, 12) and mask[0, :, 0, :11].all() and not mask[:, :, 0, 11].any()
+    assert mask[1, 0, 0].tolist() == [False] * 3 + [True] * 8 + [False]
+    assert cache.attention_mask(1)[2, 0, 0].tolist() == [False] * 9 + [True] * 2
 
 
 # ----------------------------------------------------------------------------------------------

@@ -78,7 +78,8 @@ class KVCache:
 
     `length` positions are filled (the same for all rows: rows are aligned on the right by left
     padding). `key_mask` (batch, max_len) is False at slots that hold padding, so that no query
-    attends to them. The model writes through `layer(i).update(k, v)` in each layer and calls
+    attends to them; `padded` says whether any slot does (a Python bool, so that an unpadded batch
+    is decoded without reading the mask back from the device). The model writes through `layer(i).update(k, v)` in each layer and calls
     `advance(new)` once all layers have stored the new positions.
 
     Args:
@@ -109,6 +110,7 @@ class KVCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.key_mask = torch.ones(batch, max_len, dtype=torch.bool, device=device)
+        self.padded = False
         self.num_layers, self.max_len, self.length = num_layers, max_len, 0
 
     @classmethod
@@ -130,13 +132,21 @@ class KVCache:
             raise ValueError(f"the cache holds {self.max_len} positions: cannot advance {self.length} by {new}")
         self.length += new
 
-    def attention_mask(self, new: int) -> Tensor:
+    def set_padding(self, mask: Tensor) -> None:
+        """Mark which of the first mask.shape[1] slots hold real tokens: mask (batch, seq), True = real."""
+        self.key_mask[:, : mask.shape[1]] = mask
+        self.padded = True
+
+    def attention_mask(self, new: int) -> Tensor | None:
         """Boolean mask (batch, 1, new, length + new) for `new` queries that follow the cached positions.
 
         Causal (queries are the last `new` positions) and blind to padding slots; a padding query
-        sees only itself, so that no row of the scores is empty (its output is never used).
+        sees only itself, so that no row of the scores is empty (its output is never used). Without
+        padding: the causal mask (new, length + new), and None for one query, which sees every key.
         """
         end = self.length + new
+        if not self.padded:
+            return None if new == 1 else causal_mask(new, end, device=self.key_mask.device)
         if new == 1:  # one decoding step: the newest token sees every real slot, itself included
             return self.key_mask[:, None, None, :end]
         allowed = causal_mask(new, end, device=self.key_mask.device)  # (new, end)
@@ -261,15 +271,18 @@ class Generation:
     steps: list[Step] = field(default_factory=list, repr=False)
 
 
-def _batch(prompts: Tensor | Sequence[int] | Sequence[Sequence[int]], pad_token_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Prompts as a left-padded (batch, seq) id tensor and its (batch, seq) mask (True at real tokens)."""
+def _batch(
+    prompts: Tensor | Sequence[int] | Sequence[Sequence[int]], pad_token_id: int, device: torch.device
+) -> tuple[Tensor, Tensor, bool]:
+    """Prompts as a left-padded (batch, seq) id tensor, its (batch, seq) mask (True at real tokens),
+    and whether any row is padded."""
     if isinstance(prompts, Tensor):
         if prompts.dim() == 1:
             prompts = prompts[None]
         if prompts.dim() != 2 or prompts.is_floating_point() or prompts.dtype == torch.bool:
             raise ValueError(f"prompts must be integer ids of shape (seq,) or (batch, seq), got {prompts.dtype} {tuple(prompts.shape)}")
         ids = prompts.to(device)
-        return ids, torch.ones_like(ids, dtype=torch.bool)
+        return ids, torch.ones_like(ids, dtype=torch.bool), False
     if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence) or not len(prompts):
         raise TypeError(f"prompts must be a tensor of ids or a non-empty list of id lists, got {type(prompts).__name__}")
     rows = [prompts] if all(isinstance(t, int) and not isinstance(t, bool) for t in prompts) else prompts
@@ -280,7 +293,7 @@ def _batch(prompts: Tensor | Sequence[int] | Sequence[Sequence[int]], pad_token_
     width = max(len(row) for row in rows)
     ids = torch.tensor([[pad_token_id] * (width - len(row)) + row for row in rows], dtype=torch.long, device=device)
     mask = torch.tensor([[False] * (width - len(row)) + [True] * len(row) for row in rows], device=device)
-    return ids, mask
+    return ids, mask, any(len(row) < width for row in rows)
 
 
 def _positions(mask: Tensor) -> Tensor:
@@ -288,10 +301,11 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
-def _prefill(model: nn.Module, ids: Tensor, mask: Tensor, max_len: int) -> tuple[Tensor, KVCache]:
+def _prefill(model: nn.Module, ids: Tensor, mask: Tensor, max_len: int, padded: bool) -> tuple[Tensor, KVCache]:
     """Run the model over the whole of `ids` into a fresh cache; returns last-position logits (batch, vocab) and the cache."""
     cache = KVCache.for_model(model, ids.shape[0], max_len)
-    cache.key_mask[:, : ids.shape[1]] = mask
+    if padded:
+        cache.set_padding(mask)
     logits = model(ids, positions=_positions(mask), cache=cache, last_only=True)[:, -1]
     return logits.float(), cache
 
@@ -349,7 +363,7 @@ def stream(
     if any(not isinstance(s, str) or not s for s in stops):
         raise ValueError(f"stop_strings must be non-empty strings, got {stops!r}")
     device = next(model.parameters()).device
-    ids, mask = _batch(prompts, pad_token_id, device)
+    ids, mask, padded = _batch(prompts, pad_token_id, device)
     batch, width = ids.shape
     context = model.context_length
     if width > context:
@@ -359,13 +373,13 @@ def stream(
             f"prompt of {width} tokens + max_new_tokens={max_new_tokens} is more than the model's "
             f"context_length={context}; shorten them or pass context_overflow='slide'"
         )
-    return _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer, generator,
-                   pad_token_id, use_cache)  # fmt: skip
+    return _decode(model, ids, mask, padded, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer,
+                   generator, pad_token_id, use_cache)  # fmt: skip
 
 
 @torch.no_grad()
-def _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer, generator,
-            pad_token_id, use_cache) -> Iterator[Step]:  # fmt: skip
+def _decode(model, ids, mask, padded, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer,
+            generator, pad_token_id, use_cache) -> Iterator[Step]:  # fmt: skip
     """`stream`'s loop, on checked arguments: prefill, then one token per step."""
     if max_new_tokens == 0:
         return
@@ -379,7 +393,7 @@ def _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, eos, st
         if step == 0 or not use_cache or cache is None:
             # the prefill (also every step without a cache, and every step once the window slides)
             window = slice(max(0, ids.shape[1] - context), None)
-            logits, cache = _prefill(model, ids[:, window], mask[:, window], max_len)
+            logits, cache = _prefill(model, ids[:, window], mask[:, window], max_len, padded)
             if not use_cache or ids.shape[1] >= context:
                 cache = None  # nothing to reuse: recompute next time
         else:
@@ -442,7 +456,7 @@ def generate(
         A `Generation` (sequences, new tokens per row, finish reasons, texts with a tokenizer).
     """
     device = next(model.parameters()).device
-    ids, mask = _batch(prompts, pad_token_id, device)  # for the lengths and the returned sequences
+    ids, mask, _ = _batch(prompts, pad_token_id, device)  # for the lengths and the returned sequences
     steps = list(stream(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         eos_token_id=eos_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
                         generator=generator, pad_token_id=pad_token_id, use_cache=use_cache,
