@@ -6,6 +6,8 @@ Fill in each body that raises NotImplementedError; the docstrings say what to re
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
@@ -167,6 +169,11 @@ class MultiHeadAttention(nn.Module):
             rescales the scores (Raffel et al.'s Mesh TensorFlow code starts the query projection
             with the smaller standard deviation (d_model * d_kv)^-1/2 instead; the course's T5
             keeps `init_weights`' 0.02 for every projection).
+        sdpa: compute softmax(q k^T * scale + mask) v with PyTorch's fused
+            `torch.nn.functional.scaled_dot_product_attention` instead of this module's explicit
+            `scaled_dot_product_attention` (the one Chapter 1 teaches). The same function to float
+            tolerance, with less memory and time; the course's models turn it on. Also an
+            attribute (`attn.sdpa = False` switches a built model back to the explicit path).
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -183,6 +190,7 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         positional: nn.Module | None = None,
         scale: float | None = None,
+        sdpa: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -196,6 +204,7 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         context_positions: Tensor | None = None,
+        cache: Any | None = None,
     ) -> Tensor:
         """Attend from `x` to itself (self-attention) or to `context` (cross-attention).
 
@@ -209,6 +218,11 @@ class MultiHeadAttention(nn.Module):
                 `positional` scheme; defaults to 0 .. seq_q - 1.
             context_positions: positions of the keys; defaults to `positions` in self-attention and
                 to 0 .. seq_k - 1 in cross-attention.
+            cache: this layer's key/value cache for decoding (Chapter 15, `reference.inference`),
+                an object whose `update(k, v)` stores the new keys and values, (batch, kv_heads,
+                seq_q, head_dim), after the positional rotation, and returns all keys and values
+                so far, (batch, kv_heads, seq_k, head_dim); `mask` must then cover all seq_k keys.
+                Self-attention only. None (the default, and in training) keeps nothing.
 
         Returns:
             Output of shape (batch, seq_q, d_model).
@@ -218,5 +232,7 @@ class MultiHeadAttention(nn.Module):
         # rotate the queries and keys, or give a bias that joins the mask; share the key/value heads among
         # the query heads (exercise 1.6); attend with self.scale (exercise 1.5); merge the heads back and
         # apply the output projection.
+        # With a cache, the new keys and values join the cached ones before attending; with
+        # self.sdpa, torch's fused kernel does the attending (same mask convention).
         raise NotImplementedError("Exercise 1.7: multi-head attention module")
 

@@ -11,6 +11,8 @@ is True where a query *may* attend to a key; a floating-point mask is *added* to
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
@@ -229,6 +231,11 @@ class MultiHeadAttention(nn.Module):
             rescales the scores (Raffel et al.'s Mesh TensorFlow code starts the query projection
             with the smaller standard deviation (d_model * d_kv)^-1/2 instead; the course's T5
             keeps `init_weights`' 0.02 for every projection).
+        sdpa: compute softmax(q k^T * scale + mask) v with PyTorch's fused
+            `torch.nn.functional.scaled_dot_product_attention` instead of this module's explicit
+            `scaled_dot_product_attention` (the one Chapter 1 teaches). The same function to float
+            tolerance, with less memory and time; the course's models turn it on. Also an
+            attribute (`attn.sdpa = False` switches a built model back to the explicit path).
         device: where to create the parameters.
         dtype: parameters' dtype.
     """
@@ -245,6 +252,7 @@ class MultiHeadAttention(nn.Module):
         vdim: int | None = None,
         positional: nn.Module | None = None,
         scale: float | None = None,
+        sdpa: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -281,6 +289,9 @@ class MultiHeadAttention(nn.Module):
         if scale is not None:
             scale = check_float("scale", scale, positive=True)
         self.scale = scale
+        if not isinstance(sdpa, bool):
+            raise TypeError(f"sdpa must be a bool, got {sdpa!r}")
+        self.sdpa = sdpa
 
     def forward(
         self,
@@ -289,6 +300,7 @@ class MultiHeadAttention(nn.Module):
         mask: Tensor | None = None,
         positions: Tensor | None = None,
         context_positions: Tensor | None = None,
+        cache: Any | None = None,
     ) -> Tensor:
         """Attend from `x` to itself (self-attention) or to `context` (cross-attention).
 
@@ -302,6 +314,11 @@ class MultiHeadAttention(nn.Module):
                 `positional` scheme; defaults to 0 .. seq_q - 1.
             context_positions: positions of the keys; defaults to `positions` in self-attention and
                 to 0 .. seq_k - 1 in cross-attention.
+            cache: this layer's key/value cache for decoding (Chapter 15, `reference.inference`),
+                an object whose `update(k, v)` stores the new keys and values, (batch, kv_heads,
+                seq_q, head_dim), after the positional rotation, and returns all keys and values
+                so far, (batch, kv_heads, seq_k, head_dim); `mask` must then cover all seq_k keys.
+                Self-attention only. None (the default, and in training) keeps nothing.
 
         Returns:
             Output of shape (batch, seq_q, d_model).
@@ -315,17 +332,23 @@ class MultiHeadAttention(nn.Module):
             k, v = F.linear(source, w[q_out:], None if b is None else b[q_out:]).chunk(2, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(source), self.v_proj(source)
-        q = rearrange(q, "b s (h d) -> b h s d", h=self.num_heads)  # (batch, heads, seq_q, head_dim)
-        k = rearrange(k, "b s (h d) -> b h s d", h=self.num_kv_heads)  # (batch, kv_heads, seq_k, head_dim)
-        v = rearrange(v, "b s (h d) -> b h s d", h=self.num_kv_heads)
+        # "b s (h d) -> b h s d", written with torch's own views (einops' parsing costs more than a decoding step's attention)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)  # (batch, heads, seq_q, head_dim)
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)  # (batch, kv_heads, seq_k, head_dim)
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim)).transpose(1, 2)
+        if cache is not None and context is not None:
+            raise ValueError("cache is for self-attention: pass context=None with a cache")
         if self.positional is not None:
             q_pos = torch.arange(x.shape[1], device=x.device) if positions is None else positions
             k_pos = context_positions
             if k_pos is None:
                 k_pos = q_pos if context is None else torch.arange(source.shape[1], device=x.device)
             if hasattr(self.positional, "rotate"):
-                q, k = self.positional.rotate(q, k, q_pos, k_pos)
+                # with a cache, only the new keys are rotated here (k_pos = their positions); the cached ones already are
+                q, k = self.positional.rotate(q, k, q_pos, k_pos if cache is None else q_pos)
             if hasattr(self.positional, "bias"):
+                if cache is not None and context_positions is None:
+                    raise ValueError("a bias positional scheme with a cache needs context_positions of all the keys")
                 bias = self.positional.bias(q_pos, k_pos).to(q.dtype)  # (heads, seq_q, seq_k)
                 if mask is None:
                     mask = bias
@@ -333,10 +356,16 @@ class MultiHeadAttention(nn.Module):
                     mask = torch.where(mask, bias, float("-inf"))
                 else:
                     mask = mask + bias
+        if cache is not None:
+            k, v = cache.update(k, v)  # all keys and values so far, (batch, kv_heads, seq_k, head_dim)
         group = self.num_heads // self.num_kv_heads
-        k, v = repeat_kv(k, group), repeat_kv(v, group)  # (batch, heads, seq_k, head_dim)
-        out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (batch, heads, seq_q, head_dim)
-        return self.out_proj(rearrange(out, "b h s d -> b s (h d)"))
+        if self.sdpa:
+            out = _fused_attention(q, k, v, mask, self.scale, group)  # (batch, heads, seq_q, head_dim)
+        else:
+            k, v = repeat_kv(k, group), repeat_kv(v, group)  # (batch, heads, seq_k, head_dim)
+            out = scaled_dot_product_attention(q, k, v, mask, self.scale)  # (batch, heads, seq_q, head_dim)
+        return self.out_proj(out.transpose(1, 2).flatten(2))  # b h s d -> b s (h d)
+
 
     def _check_inputs(self, x: Tensor, context: Tensor | None, positions: Tensor | None,
                       context_positions: Tensor | None) -> None:
@@ -364,3 +393,19 @@ class MultiHeadAttention(nn.Module):
             check_positions(name, p)
             if p.shape[-1] != seq or (p.dim() == 2 and p.shape[0] not in (1, x.shape[0])):
                 raise ValueError(f"{name} must be ({seq},) or (batch={x.shape[0]}, {seq}), got shape {tuple(p.shape)}")
+
+
+def _fused_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None, group: int) -> Tensor:
+    """`F.scaled_dot_product_attention` with this module's conventions: q (batch, heads, seq_q, d),
+    k and v (batch, kv_heads, seq_k, d) shared by groups of `group` query heads, the same mask
+    convention and the same checks as the explicit path (shapes only: nothing is read on the host)."""
+    score_shape = torch.Size((q.shape[0], q.shape[1], q.shape[2], k.shape[2]))
+    if mask is not None:
+        if mask.dtype != torch.bool and not mask.is_floating_point():
+            raise ValueError(f"mask must be boolean or floating point, got dtype {mask.dtype}")
+        # the same check as torch.broadcast_shapes, written out: that one costs more than a decoding step's attention
+        if mask.dim() > 4 or any(m not in (1, s) for m, s in zip(reversed(mask.shape), reversed(score_shape))):
+            raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the scores' shape {tuple(score_shape)}")
+        if mask.is_floating_point():
+            mask = mask.to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=group > 1)

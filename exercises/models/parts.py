@@ -7,6 +7,8 @@ Fill in each body that raises NotImplementedError; the docstrings say what to bu
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -139,6 +141,7 @@ class Block(nn.Module):
         positions: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        cache: Any | None = None,
     ) -> Tensor:
         """Apply the layer to x, (batch, seq, d_model) -> (batch, seq, d_model).
 
@@ -149,7 +152,9 @@ class Block(nn.Module):
             positions: token positions for a relative scheme inside `attn` (RoPE), (seq,) or (batch, seq).
             context: the encoder's output, (batch, seq_k, d_model); needed when there is cross-attention.
             context_mask: cross-attention mask, broadcastable to (batch, heads, seq, seq_k).
+            cache: the self-attention's key/value cache when decoding (see `MultiHeadAttention`), or None.
         """
-        # Hint: pre-norm is x + f(norm(x)), post-norm is norm(x + f(x)); self-attention, cross-attention if any, then ffn.
+        # Hint: pre-norm is x + f(norm(x)), post-norm is norm(x + f(x)); self-attention (handing it the
+        # cache), cross-attention if any, then ffn.
         raise NotImplementedError("Exercise 5.5: pre-norm and post-norm residual block")
 

@@ -3,6 +3,8 @@
     llm-course list [CHAPTER ...] [--markdown] [--tests]   chapters, exercises and their points
     llm-course grade [CHAPTER ...] [--impl exercises|reference] [--json PATH] [--timeout SECONDS]
                      [--budget SECONDS] [--exercises-path DIR]
+    llm-course generate --model NAME [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] "prompt"
+    llm-course chat [--model NAME] [--system TEXT] [--max-new-tokens N] [--temperature T] [--top-p P]
 """
 
 from __future__ import annotations
@@ -50,6 +52,81 @@ def cmd_grade(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     return 0
 
 
+def _load_for_generation(args: argparse.Namespace):
+    """The model (eval mode, on the chosen device) and tokenizer named by --model, and the sampling arguments."""
+    import torch
+
+    from reference import load_pretrained
+    from reference.inference import check_sampling
+    from reference.runtime import pick_device
+
+    check_sampling(args.temperature, args.top_k, args.top_p)
+    model, tokenizer = load_pretrained(args.model)
+    model = model.to(pick_device(args.device)).eval()
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(args.seed)
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator)
+    return model, tokenizer, sampling
+
+
+def cmd_generate(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from reference.inference.chat import render_chat, stop_ids, stream_text
+
+    try:
+        model, tokenizer, sampling = _load_for_generation(args)
+        text = " ".join(args.prompt)
+        ids = render_chat(tokenizer, [{"role": "user", "content": text}]) if args.chat else tokenizer.encode(text)
+        max_new = min(args.max_new_tokens, model.context_length - len(ids))
+        for piece in stream_text(model, tokenizer, ids, max_new, stop_at=stop_ids(tokenizer), **sampling):
+            print(piece, end="", flush=True)
+    except (TypeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print()
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    from reference.inference.chat import ChatSession
+
+    try:
+        model, tokenizer, sampling = _load_for_generation(args)
+        max_new = min(args.max_new_tokens, model.context_length // 2)  # leave half the context to the conversation
+        session = ChatSession(model, tokenizer, system=args.system, max_new_tokens=max_new, **sampling)
+    except (TypeError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"Chatting with {args.model} (context {model.context_length} tokens). /reset forgets, /exit or Ctrl-D ends.")
+    while True:
+        print("you> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            print()
+            return 0
+        if line.strip() == "/reset":
+            session.messages = session.messages[:1] if args.system is not None else []
+            continue
+        if not line.strip():
+            continue
+        print(f"{args.model}> ", end="", flush=True)
+        try:
+            for piece in session.reply(line.rstrip("\n")):
+                print(piece, end="", flush=True)
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+        print()
+
+
+def _sampling_options(command: argparse.ArgumentParser, model: str | None, max_new: int, temperature: float, top_p: float | None) -> None:
+    command.add_argument("--model", default=model, required=model is None,
+                         help="a course model: llama-tiny, smollm2-135m-instruct" + (f" (default: {model})" if model else ""))
+    command.add_argument("--max-new-tokens", type=int, default=max_new, metavar="N", help=f"longest reply (default: {max_new})")
+    command.add_argument("--temperature", type=float, default=temperature, metavar="T", help=f"0 is greedy (default: {temperature})")
+    command.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K most probable tokens")
+    command.add_argument("--top-p", type=float, default=top_p, metavar="P", help=f"nucleus sampling (default: {top_p})")
+    command.add_argument("--seed", type=int, default=0, help="seed of the sampling generator (default: 0)")
+    command.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU when there is one)")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-course", description="Understanding LLMs: the course's command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--exercises-path", default=None, metavar="DIR", help="grade the `exercises` package in DIR (e.g. a submission)"
     )
     grading.set_defaults(run=cmd_grade)
+    generation = sub.add_parser("generate", help="continue a prompt with a course model, streaming (Chapter 15)")
+    generation.add_argument("prompt", nargs="+", help="the text to continue")
+    generation.add_argument("--chat", action="store_true", help="wrap the prompt as a user message in the chat template")
+    _sampling_options(generation, None, 64, 0.0, None)
+    generation.set_defaults(run=cmd_generate)
+    chatting = sub.add_parser("chat", help="an interactive, streaming chat in the terminal (Chapter 15)")
+    chatting.add_argument("--system", default=None, help="a system prompt")
+    _sampling_options(chatting, "smollm2-135m-instruct", 256, 0.7, 0.9)
+    chatting.set_defaults(run=cmd_chat)
     # `pretrain` is handed to the trainer's own parser by `main` (its options: llm-course pretrain --help)
     sub.add_parser("pretrain", help="pre-train a language model from a JSON config (Chapter 6)", add_help=False)
     return parser

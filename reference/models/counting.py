@@ -164,11 +164,21 @@ def forward_flops(family: str, config: dict[str, Any], seq_len: int, batch: int 
 
 
 def measured_forward_flops(model: nn.Module, *inputs: torch.Tensor) -> int:
-    """FLOPs of `model(*inputs)` as PyTorch's `torch.utils.flop_counter.FlopCounterMode` counts them."""
+    """FLOPs of `model(*inputs)` as PyTorch's `torch.utils.flop_counter.FlopCounterMode` counts them.
+
+    Attention runs on the explicit path during the count (`MultiHeadAttention.sdpa` off): the
+    counter has no formula for the CPU's fused attention kernel and would leave its matmuls out."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(*inputs)
+    fused = [m for m in model.modules() if getattr(m, "sdpa", False) is True]
+    for m in fused:
+        m.sdpa = False
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(*inputs)
+    finally:
+        for m in fused:
+            m.sdpa = True
     return counter.get_total_flops()
 
 

@@ -72,7 +72,7 @@ class BertForMaskedLM(nn.Module):
         self.ln_embeddings = LayerNorm(d_model, eps)
         self.layers = nn.ModuleList(
             Block(
-                attn=MultiHeadAttention(d_model, num_heads, bias=True),
+                attn=MultiHeadAttention(d_model, num_heads, bias=True, sdpa=True),
                 ffn=MLP(d_model, d_ff, activation="gelu"),
                 norm_attn=LayerNorm(d_model, eps),
                 norm_ffn=LayerNorm(d_model, eps),

@@ -24,7 +24,7 @@ from reference.validation import check_int
 
 
 def _t5_block(d_model: int, num_heads: int, d_ff: int, eps: float, cross: bool) -> Block:
-    attention = lambda: MultiHeadAttention(d_model, num_heads, bias=False, scale=1.0)  # noqa: E731
+    attention = lambda: MultiHeadAttention(d_model, num_heads, bias=False, scale=1.0, sdpa=True)  # noqa: E731
     return Block(
         attn=attention(),
         ffn=MLP(d_model, d_ff, activation="relu", bias=False),

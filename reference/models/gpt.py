@@ -57,7 +57,7 @@ class GPT2(nn.Module):
         self.position_embeddings = LearnedPositionalEmbedding(context_length, d_model)
         self.layers = nn.ModuleList(
             Block(
-                attn=MultiHeadAttention(d_model, num_heads, fused_qkv=True, bias=True),
+                attn=MultiHeadAttention(d_model, num_heads, fused_qkv=True, bias=True, sdpa=True),
                 ffn=MLP(d_model, d_ff, activation="gelu_tanh"),
                 norm_attn=LayerNorm(d_model, eps),
                 norm_ffn=LayerNorm(d_model, eps),

@@ -81,7 +81,7 @@ class TransformerLM(nn.Module):
         self.token_embeddings = nn.Embedding(vocab_size, d_model)
         self.layers = nn.ModuleList(
             Block(
-                attn=MultiHeadAttention(d_model, num_heads, num_kv_heads, bias=False, positional=rope),
+                attn=MultiHeadAttention(d_model, num_heads, num_kv_heads, bias=False, positional=rope, sdpa=True),
                 ffn=SwiGLU(d_model, d_ff),
                 norm_attn=RMSNorm(d_model, eps),
                 norm_ffn=RMSNorm(d_model, eps),
@@ -95,58 +95,79 @@ class TransformerLM(nn.Module):
             self.lm_head.weight = self.token_embeddings.weight
 
     def forward(
-        self, token_ids: Tensor, positions: Tensor | None = None, prefix_length: int | Tensor | None = None
+        self,
+        token_ids: Tensor,
+        positions: Tensor | None = None,
+        prefix_length: int | Tensor | None = None,
+        cache: Any | None = None,
+        last_only: bool = False,
     ) -> Tensor:
         """Logits for every position.
 
         Args:
             token_ids: (batch, seq) integer ids in [0, vocab_size), seq <= context_length.
-            positions: RoPE positions, (seq,) or (batch, seq); default 0 .. seq - 1.
+            positions: RoPE positions, (seq,) or (batch, seq); default 0 .. seq - 1 (with a cache:
+                cache.length .. cache.length + seq - 1).
             prefix_length: None for a causal decoder; an int or a (batch,) tensor to run as a prefix
                 decoder, bidirectional over the first prefix_length tokens.
+            cache: None for the plain forward (training); a `reference.inference.KVCache` to decode
+                (Chapter 15): token_ids are the tokens after the cached ones, their keys and values
+                are stored in it, and attention also reads the cached ones (causal, padding slots masked).
+            last_only: compute the logits of the last position only, (batch, 1, vocab_size): all that
+                decoding needs, and the output layer is the largest matrix product of a small model.
 
         Returns:
             (batch, seq, vocab_size) logits; position t predicts token t + 1.
         """
         check_token_ids(token_ids, self.vocab_size, self.context_length)
         seq = token_ids.shape[1]
-        if positions is None:
-            positions = torch.arange(seq, device=token_ids.device)
-        else:
+        if positions is not None:
             check_positions("positions", positions)
             if positions.shape[-1] != seq or (positions.dim() == 2 and positions.shape[0] not in (1, token_ids.shape[0])):
                 raise ValueError(f"positions must be ({seq},) or (batch={token_ids.shape[0]}, {seq}), "
                                  f"got shape {tuple(positions.shape)}")
-        # One positions tensor for every layer: the shared RotaryEmbedding reads its values (>= 0,
-        # how far to grow its table) once, at the first layer, and reuses the angles after.
-        if prefix_length is None:
+        if cache is not None:
+            if prefix_length is not None:
+                raise ValueError("prefix_length and cache cannot be combined: decoding with a cache is causal")
+            if cache.length + seq > self.context_length:
+                raise ValueError(f"{cache.length} cached + {seq} new tokens is more than context_length={self.context_length}")
+            mask = cache.attention_mask(seq)  # (batch, 1, seq, cache.length + seq)
+            if positions is None:
+                positions = torch.arange(cache.length, cache.length + seq, device=token_ids.device)
+        elif prefix_length is None:
             mask = causal_mask(seq, device=token_ids.device)  # (seq, seq)
         else:
             mask = prefix_mask(seq, prefix_length, device=token_ids.device)
+        # One positions tensor for every layer: the shared RotaryEmbedding reads its values (>= 0,
+        # how far to grow its table) once, at the first layer, and reuses the angles after.
+        if positions is None:
+            positions = torch.arange(seq, device=token_ids.device)
         x = self.token_embeddings(token_ids)  # (batch, seq, d_model)
-        for layer in self.layers:
-            x = layer(x, mask=mask, positions=positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask=mask, positions=positions, cache=None if cache is None else cache.layer(i))
+        if cache is not None:
+            cache.advance(seq)
+        if last_only:
+            x = x[:, -1:]
         return self.lm_head(self.ln_final(x))  # (batch, seq, vocab_size)
 
-    @torch.no_grad()
     def generate(
         self, token_ids: Tensor, max_new_tokens: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> Tensor:
         """Append `max_new_tokens` sampled tokens to (batch, seq) prompts; returns (batch, seq + max_new_tokens).
 
-        The simplest decoder, recomputing the whole window at every step (Chapter 15 adds the
-        key/value cache). temperature 0 means greedy; the window slides when the context fills.
+        Each token is drawn from softmax(logits / temperature) at the last position (temperature 0:
+        the argmax, greedy), with `generator` as the source of randomness. Once the context is full
+        the window slides: the next token is predicted from the last context_length tokens alone,
+        as if they were the whole text (positions from 0). Runs Chapter 15's key/value-cache decoder,
+        `reference.inference.generate`; the exercise writes it without a cache, recomputing the window.
         """
-        check_int("max_new_tokens", max_new_tokens, 0)
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        out = token_ids
-        for _ in range(max_new_tokens):
-            logits = self(out[:, -self.context_length :])[:, -1]  # (batch, vocab)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                probs = torch.softmax(logits.float() / temperature, dim=-1)
-                nxt = torch.multinomial(probs, 1, generator=generator)
-            out = torch.cat([out, nxt], dim=1)
-        return out
+        from reference.inference.generate import generate
+
+        was_training = self.training
+        self.eval()
+        try:
+            return generate(self, token_ids, max_new_tokens, temperature=temperature, generator=generator,
+                            context_overflow="slide").sequences  # fmt: skip
+        finally:
+            self.train(was_training)

@@ -10,6 +10,8 @@ differ only in which of these parts they pick and in the attention mask they fee
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -182,6 +184,7 @@ class Block(nn.Module):
         positions: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        cache: Any | None = None,
     ) -> Tensor:
         """Apply the layer to x, (batch, seq, d_model) -> (batch, seq, d_model).
 
@@ -192,8 +195,9 @@ class Block(nn.Module):
             positions: token positions for a relative scheme inside `attn` (RoPE), (seq,) or (batch, seq).
             context: the encoder's output, (batch, seq_k, d_model); needed when there is cross-attention.
             context_mask: cross-attention mask, broadcastable to (batch, heads, seq, seq_k).
+            cache: the self-attention's key/value cache when decoding (see `MultiHeadAttention`), or None.
         """
-        x = self._residual(x, self.norm_attn, lambda h: self.attn(h, mask=mask, positions=positions))
+        x = self._residual(x, self.norm_attn, lambda h: self.attn(h, mask=mask, positions=positions, cache=cache))
         if self.cross_attn is not None:
             if context is None:
                 raise ValueError("this block has cross-attention: pass the encoder output as context")
