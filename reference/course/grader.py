@@ -1084,7 +1084,8 @@ def format_table(report: GradeReport) -> str:
 
 
 def gradescope_results(report: GradeReport) -> dict[str, object]:
-    """The report in Gradescope's results.json format (scores rounded to 1/100 point)."""
+    """The report in Gradescope's results.json format (scores rounded to 1/10,000 point, so that the
+    tests' scores add up to the total however many tests share an exercise's points)."""
     tests = []
     for r in report.results:
         ex = _exercise(report, r.exercise)
@@ -1093,8 +1094,8 @@ def gradescope_results(report: GradeReport) -> dict[str, object]:
             {
                 "name": f"Exercise {r.exercise} ({ex.title if ex else ''}): {r.nodeid.split('::', 1)[-1]}",
                 "number": r.exercise,
-                "score": round(r.score, 2),
-                "max_score": round(r.points, 2),
+                "score": round(r.score, 4),
+                "max_score": round(r.points, 4),
                 "status": "passed" if r.passed else "failed",
                 "output": "" if r.passed else output[-4000:],
                 "visibility": "visible",
