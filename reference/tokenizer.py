@@ -686,8 +686,8 @@ class PretrainedTokenizer(Tokenizer):
             vocab = {int(i): bytes.fromhex(token) for i, token in state["vocab"].items()}
             merges = [(bytes.fromhex(first), bytes.fromhex(second)) for first, second in state["merges"]]
             return cls(vocab, merges, state["special_tokens"], state["patterns"], state["chat_template"], **state["named_tokens"])
-        except (ValueError, TypeError, KeyError, AttributeError) as error:
-            raise ValueError(f"path {os.fspath(path)!r} does not hold a pretrained tokenizer: {error}") from error
+        except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as error:  # RecursionError: nested JSON
+            raise ValueError(f"path {os.fspath(path)!r} does not hold a pretrained tokenizer: {error!r:.200}") from None
 
 
 @lru_cache(maxsize=1)

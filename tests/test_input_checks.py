@@ -380,6 +380,10 @@ def test_a_deeply_nested_tokenizer_file_is_a_value_error(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(ValueError, match="does not hold a tokenizer"):
         Tokenizer.load(path)
+    from reference.tokenizer import PretrainedTokenizer  # the real model's tokenizer reads its own format alike
+
+    with pytest.raises(ValueError, match="does not hold a pretrained tokenizer"):
+        PretrainedTokenizer.load(path)
 
 
 def test_train_bpe_vocab_size_takes_numpy_integers_and_refuses_floats(tmp_path):
