@@ -77,6 +77,36 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", encoding: str | None
         raise
 
 
+def machine_info(device: torch.device | str | None = None) -> dict[str, Any]:
+    """What a measurement ran on, for the JSON that a results-writing command stores beside its numbers.
+
+    Returns platform, Python and torch versions, torch's CPU threads, the CPU count, and the device
+    (with the GPU's name when it is a CUDA device).
+    """
+    import platform
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+    }
+    if device is not None:
+        device = torch.device(device)
+        info["device"] = str(device)
+        if device.type == "cuda" and torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    """Write `payload` as indented JSON (a final newline, keys in the given order) atomically; returns the path."""
+    import json
+
+    text = json.dumps(payload, indent=2, allow_nan=False) + "\n"
+    with atomic_write(path, "w", encoding="utf-8") as file:
+        file.write(text)
+    return Path(path)
+
+
 # --- progress bars that store clean in a notebook -----------------------------------------------
 
 

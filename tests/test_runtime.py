@@ -54,3 +54,20 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     with pytest.raises(ValueError, match="mode"):
         with atomic_write(target, "r"):
             pass
+
+
+def test_machine_info_and_write_json(tmp_path):
+    import json
+
+    import pytest
+
+    from reference.runtime import machine_info, write_json
+
+    info = machine_info("cpu")
+    assert info["device"] == "cpu" and info["torch"] == torch.__version__ and info["cpus"] >= 1
+    path = write_json(tmp_path / "sub" / "r.json", {"b": 1, "a": [1.5]})
+    assert path.read_text(encoding="utf-8") == '{\n  "b": 1,\n  "a": [\n    1.5\n  ]\n}\n'
+    assert json.loads(path.read_text()) == {"b": 1, "a": [1.5]}
+    with pytest.raises(ValueError):  # NaN is not JSON; the file is left untouched
+        write_json(path, {"x": float("nan")})
+    assert json.loads(path.read_text()) == {"b": 1, "a": [1.5]}
