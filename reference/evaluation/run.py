@@ -1,0 +1,176 @@
+"""Chapter 13's long runs, as commands that write JSON results (seed, configuration, machine):
+
+    llm-course evaluate MODEL [MODEL ...] --tasks T [T ...] [--limit N]   -> chapters/results/13_harness.json
+    python -m reference.evaluation.run canary [--steps N]                 -> chapters/results/13_canary.json
+
+MODEL is a course model ("llama-tiny", "smollm2-135m-instruct") or "uniform-guess" (the chance
+baseline). The evaluation also scores perplexity per corpus source (held-out documents) and the
+bias pairs for each real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from reference.evaluation import harness, perplexity, security
+from reference.runtime import machine_info, pick_device, seed_everything, write_json
+
+ROOT = Path(__file__).resolve().parents[2]
+HARNESS_JSON = ROOT / "chapters" / "results" / "13_harness.json"
+CANARY_JSON = ROOT / "chapters" / "results" / "13_canary.json"
+MODELS = ("llama-tiny", "smollm2-135m-instruct", "uniform-guess")
+
+
+def held_out_texts(max_docs: int = 2) -> dict[str, list[str]]:
+    """A few held-out documents of each corpus source."""
+    from reference.data.corpus import SOURCES
+
+    return {source: [d.text for d in harness.held_out(source)[:max_docs]] for source in SOURCES}
+
+
+def evaluate_models(models: list[str], tasks: list[str], limit: int, seed: int = 0, device: str | None = None,
+                    ppl_tokens: int = 2048, window: int = 256, stride: int = 128) -> dict[str, Any]:  # fmt: skip
+    """Every model on every task (the same items and few-shot examples), plus perplexity per source and bias."""
+    from reference.pretrained import load_pretrained
+
+    dev = pick_device(device)
+    built = {name: harness.get_task(name, n=limit, seed=seed) for name in tasks}
+    texts = held_out_texts()
+    results, ppl, bias, timing = [], {}, {}, {}
+    for name in models:
+        start = time.perf_counter()
+        seed_everything(seed)
+        if name == "uniform-guess":
+            lm: Any = harness.UniformGuess(seed)
+        else:
+            model, tokenizer = load_pretrained(name)
+            lm = harness.HarnessLM(model.to(dev), tokenizer, name)
+            ppl[name] = perplexity.scores_by_source(lm.model, tokenizer, texts, min(window, lm.max_length), stride, ppl_tokens)
+            bias[name] = security.stereotype_preference(lm, security.bias_pairs())
+        for task in built.values():
+            r = harness.evaluate_task(lm, task, seed=seed)
+            r["model"] = name
+            results.append(r)
+        timing[name] = time.perf_counter() - start
+    return {
+        "command": "llm-course evaluate " + " ".join(models) + " --tasks " + " ".join(tasks) + f" --limit {limit}",
+        "seed": seed,
+        "config": {"models": models, "tasks": tasks, "limit": limit, "perplexity": {"window": window, "stride": stride,
+                   "tokens_per_document": ppl_tokens, "documents_per_source": 2}},  # fmt: skip
+        "machine": machine_info(dev),
+        "results": results,
+        "perplexity": ppl,
+        "bias": bias,
+        "seconds": timing,
+        "table": harness.results_table(results, models),
+    }
+
+
+def canary_experiment(steps: int = 300, n_digits: int = 4, repeats: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32),
+                      seed: int = 0, device: str | None = None, text_bytes: int = 200_000) -> dict[str, Any]:  # fmt: skip
+    """Carlini et al. (2019)'s experiment in small: train a fresh tiny LLaMA-style model on Shakespeare
+    with one random secret inserted r times for each r in `repeats`, then measure every secret's
+    exposure among all 10^n_digits candidates. Also the exposure of never-inserted secrets (r = 0)."""
+    from reference.models.llama import TransformerLM
+    from reference.pretrained import load_pretrained
+    from reference.training.assets import split_documents
+    from reference.data.corpus import load_source
+
+    dev = pick_device(device)
+    gen = seed_everything(seed)
+    rng = random.Random(seed)
+    _, tokenizer = load_pretrained("llama-tiny")
+    secrets = {r: [rng.randrange(10) for _ in range(n_digits)] for r in repeats}
+    train_docs, _ = split_documents(load_source("books"))
+    text = "\n".join(d.text for d in train_docs)[:text_bytes]
+    lines = text.split("\n")
+    for r, digits in secrets.items():  # the canaries go to random lines
+        for _ in range(r):
+            lines.insert(rng.randrange(len(lines)), security.canary_text(digits))
+    ids = torch.tensor(tokenizer.encode("\n".join(lines)))
+    context = 64
+    model = TransformerLM(vocab_size=len(tokenizer.vocab), context_length=context, d_model=96, num_layers=2, num_heads=4,
+                          num_kv_heads=2, d_ff=256, tie_embeddings=True).to(dev)  # fmt: skip
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+    losses = []
+    for step in range(steps):
+        starts = torch.randint(0, len(ids) - context - 1, (32,), generator=gen)
+        batch = torch.stack([ids[s : s + context + 1] for s in starts.tolist()]).to(dev)
+        logits = model(batch[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    all_losses = security.secret_losses(model, tokenizer, n_digits).tolist()
+    rows = []
+    for r, digits in secrets.items():
+        index = int("".join(map(str, digits)))
+        rows.append({"repeats": r, "secret": "".join(map(str, digits)),
+                     "exposure": security.exposure(all_losses[index], all_losses), "loss": all_losses[index]})  # fmt: skip
+    return {
+        "command": f"python -m reference.evaluation.run canary --steps {steps}",
+        "seed": seed,
+        "config": {"steps": steps, "n_digits": n_digits, "repeats": list(repeats), "text_bytes": text_bytes,
+                   "context": context, "batch": 32, "lr": 3e-3, "model": "TransformerLM d96 L2 H4 KV2"},  # fmt: skip
+        "machine": machine_info(dev),
+        "train_loss_first_last": [losses[0], sum(losses[-20:]) / min(20, len(losses))],
+        "max_exposure": math.log2(10**n_digits),
+        "canaries": rows,
+    }
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="+", metavar="MODEL", help=f"any of {', '.join(MODELS)}")
+    parser.add_argument("--tasks", nargs="+", default=sorted(harness.TASKS), help=f"tasks (default: all of {sorted(harness.TASKS)})")
+    parser.add_argument("--limit", type=int, default=100, help="items per task (default: 100)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--ppl-tokens", type=int, default=2048, help="tokens per held-out document for perplexity")
+    parser.add_argument("--json", default=str(HARNESS_JSON), help=f"where to write (default: {HARNESS_JSON.relative_to(ROOT)})")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    unknown = [m for m in args.models if m not in MODELS]
+    bad_tasks = [t for t in args.tasks if t not in harness.TASKS]
+    if unknown or bad_tasks or args.limit < 1:
+        print(f"error: unknown models {unknown} (use {MODELS}), unknown tasks {bad_tasks} (use {sorted(harness.TASKS)}),"
+              f" or --limit < 1 ({args.limit})", file=sys.stderr)  # fmt: skip
+        return 2
+    payload = evaluate_models(args.models, args.tasks, args.limit, args.seed, args.device, args.ppl_tokens)
+    write_json(args.json, payload)
+    print(payload["table"])
+    print(f"results written to {args.json}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference.evaluation.run", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_evaluate_arguments(sub.add_parser("evaluate", help="the harness table"))
+    canary = sub.add_parser("canary", help="canary exposure after a short training run")
+    canary.add_argument("--steps", type=int, default=300)
+    canary.add_argument("--seed", type=int, default=0)
+    canary.add_argument("--device", default=None)
+    canary.add_argument("--json", default=str(CANARY_JSON))
+    args = parser.parse_args(argv)
+    if args.command == "evaluate":
+        return run_evaluate(args)
+    payload = canary_experiment(args.steps, seed=args.seed, device=args.device)
+    write_json(args.json, payload)
+    for row in payload["canaries"]:
+        print(f"repeats {row['repeats']:3d}: exposure {row['exposure']:.2f} bits of {payload['max_exposure']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
