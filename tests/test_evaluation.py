@@ -283,6 +283,10 @@ def test_idf_weights_match_bert_score(impl, minilm):
     assert set(got) == {i for row in ids for i in row}
     for i, w in got.items():
         assert w == pytest.approx(want[i], abs=1e-12)
+    # by hand: ids 1 in both documents, 3 and 4 in one, 2 special
+    assert impl.evaluation.bertscore.idf_weights([[1, 2, 3], [1, 4, 2]], [2]) == pytest.approx(
+        {1: 0.0, 2: 0.0, 3: math.log(3 / 2), 4: math.log(3 / 2)})
+    assert impl.evaluation.bertscore.idf_weights([[5, 6], [5]], [6])[6] == 0.0  # special even where rare
     # by hand: "the" in 4 of the 6 references -> log(7 / 5)
     the = tokenizer.convert_tokens_to_ids("the")
     assert got[the] == pytest.approx(math.log(7 / 5))
@@ -319,9 +323,12 @@ def test_token_f1_hand_checked(impl):
     assert f1("the big red dog", ["a red dog barked"]) == pytest.approx(2 / 3)
     # multiset overlap: pred [dog, dog, dog] vs gold [dog, cat]: common 1, P 1/3, R 1/2 -> F 0.4
     assert f1("dog dog dog", ["dog cat"]) == pytest.approx(0.4)
+    # pred [dog, dog, cat] vs gold [dog, dog]: common 2 (a set would say 1), P 2/3, R 1 -> F 0.8
+    assert f1("dog dog cat", ["dog dog"]) == pytest.approx(0.8)
     # max over golds, not the mean
     assert f1("Denver Broncos", ["Broncos", "Denver Broncos", "Carolina"]) == pytest.approx(1.0)
     assert f1("Denver", ["Denver Broncos", "Carolina"]) == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert f1("Denver Broncos", ["Denver Broncos", "Broncos"]) == pytest.approx(1.0)  # the best gold comes first
     # P and R from the right sides: pred 4 tokens, gold 1, 1 common: P 1/4, R 1 -> F 0.4
     assert f1("seven hundred forty two", ["seven"]) == pytest.approx(0.4)
     assert f1("", ["x"]) == 0.0 and f1("nothing in common", ["zebra"]) == 0.0

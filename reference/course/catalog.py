@@ -224,6 +224,33 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
         tests=("tests/test_collectives.py",),
     ),
+    Chapter(
+        number=13,
+        slug="evaluation",
+        title="Evaluation",
+        survey_section="2.6 Evaluation",
+        modules=("evaluation.bleu", "evaluation.rouge", "evaluation.bertscore", "evaluation.qa", "evaluation.perplexity",
+                 "evaluation.harness", "evaluation.human", "evaluation.security"),
+        exercises=(
+            Exercise("13.1", "BLEU brevity penalty", "evaluation.bleu", "brevity_penalty", points=2, refused=("sacrebleu", "nltk")),
+            Exercise("13.2", "clipped n-gram matches", "evaluation.bleu", "modified_precision_stats", points=3, refused=("sacrebleu", "nltk")),
+            Exercise("13.3", "BLEU from statistics, with smoothing", "evaluation.bleu", "bleu_from_stats", points=5, refused=("sacrebleu", "nltk")),
+            Exercise("13.4", "longest common subsequence table", "evaluation.rouge", "lcs_table", points=3, refused=("rouge_score", "nltk")),
+            Exercise("13.5", "Porter stemmer", "evaluation.rouge", "porter_stem", points=7, refused=("rouge_score", "nltk")),
+            Exercise("13.6", "BERTScore greedy matching", "evaluation.bertscore", "greedy_match", points=4, refused=("bert_score",)),
+            Exercise("13.7", "IDF weights", "evaluation.bertscore", "idf_weights", points=2, refused=("bert_score",)),
+            Exercise("13.8", "SQuAD answer normalisation", "evaluation.qa", "normalize_answer", points=2),
+            Exercise("13.9", "SQuAD token F1", "evaluation.qa", "token_f1", points=3),
+            Exercise("13.10", "BM25 scores", "evaluation.qa", "BM25.scores", points=4, refused=("rank_bm25",)),
+            Exercise("13.11", "strided sliding-window NLL", "evaluation.perplexity", "sliding_window_nll", points=5),
+            Exercise("13.12", "acc and acc_norm", "evaluation.harness", "multiple_choice_scores", points=3),
+            Exercise("13.13", "unbiased pass@k", "evaluation.harness", "pass_at_k", points=2),
+            Exercise("13.14", "Cohen's kappa", "evaluation.human", "cohen_kappa", points=3, refused=("sklearn", "statsmodels")),
+            Exercise("13.15", "Fleiss' kappa", "evaluation.human", "fleiss_kappa", points=3, refused=("sklearn", "statsmodels")),
+            Exercise("13.16", "canary exposure", "evaluation.security", "exposure", points=2),
+        ),
+        tests=("tests/test_evaluation.py", "tests/test_evaluation_lm.py"),
+    ),
 )
 
 def chapter(key: str | int) -> Chapter:

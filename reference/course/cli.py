@@ -5,6 +5,7 @@
                      [--budget SECONDS] [--exercises-path DIR]
     llm-course generate --model NAME [--max-new-tokens N] [--temperature T] [--top-k K] [--top-p P] "prompt"
     llm-course chat [--model NAME] [--system TEXT] [--max-new-tokens N] [--temperature T] [--top-p P]
+    llm-course evaluate MODEL [MODEL ...] [--tasks TASK ...] [--limit N] [--json PATH]   (Chapter 13)
 """
 
 from __future__ import annotations
@@ -162,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     chatting.set_defaults(run=cmd_chat)
     # `pretrain` is handed to the trainer's own parser by `main` (its options: llm-course pretrain --help)
     sub.add_parser("pretrain", help="pre-train a language model from a JSON config (Chapter 6)", add_help=False)
+    # `evaluate` is handed to reference.evaluation.run by `main` (its options: llm-course evaluate --help)
+    sub.add_parser("evaluate", help="score models on the Chapter 13 tasks, write chapters/results/13_harness.json", add_help=False)
     return parser
 
 
@@ -171,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         from reference.training import trainer
 
         return trainer.main(argv[1:])
+    if argv[:1] == ["evaluate"]:  # llm-course evaluate MODEL ... --tasks ... (Chapter 13)
+        from reference.evaluation import run
+
+        return run.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.run(args, parser)

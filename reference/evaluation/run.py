@@ -1,7 +1,7 @@
 """Chapter 13's long runs, as commands that write JSON results (seed, configuration, machine):
 
     llm-course evaluate MODEL [MODEL ...] --tasks T [T ...] [--limit N]   -> chapters/results/13_harness.json
-    python -m reference.evaluation.run canary [--steps N]                 -> chapters/results/13_canary.json
+    python -m reference.evaluation.run canary [--steps N] [--seeds S]     -> chapters/results/13_canary.json
 
 MODEL is a course model ("llama-tiny", "smollm2-135m-instruct") or "uniform-guess" (the chance
 baseline). The evaluation also scores perplexity per corpus source (held-out documents) and the
@@ -74,38 +74,35 @@ def evaluate_models(models: list[str], tasks: list[str], limit: int, seed: int =
     }
 
 
-def canary_experiment(steps: int = 300, n_digits: int = 4, repeats: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32),
-                      seed: int = 0, device: str | None = None, text_bytes: int = 200_000) -> dict[str, Any]:  # fmt: skip
-    """Carlini et al. (2019)'s experiment in small: train a fresh tiny LLaMA-style model on Shakespeare
-    with one random secret inserted r times for each r in `repeats`, then measure every secret's
-    exposure among all 10^n_digits candidates. Also the exposure of never-inserted secrets (r = 0)."""
+def canary_run(steps: int, n_digits: int, repeats: tuple[int, ...], seed: int, device: torch.device,
+               text_bytes: int) -> dict[str, Any]:  # fmt: skip
+    """One training run of Carlini et al. (2019)'s experiment in small: a fresh tiny LLaMA-style
+    model trained on Shakespeare with one random secret inserted r times for each r in `repeats`
+    (r = 0: a secret never seen), then every secret's exposure among all 10^n_digits candidates."""
+    from reference.data.corpus import load_source
     from reference.models.llama import TransformerLM
     from reference.pretrained import load_pretrained
     from reference.training.assets import split_documents
-    from reference.data.corpus import load_source
 
-    dev = pick_device(device)
     gen = seed_everything(seed)
     rng = random.Random(seed)
     _, tokenizer = load_pretrained("llama-tiny")
     secrets = {r: [rng.randrange(10) for _ in range(n_digits)] for r in repeats}
     train_docs, _ = split_documents(load_source("books"))
-    text = "\n".join(d.text for d in train_docs)[:text_bytes]
-    lines = text.split("\n")
+    lines = "\n".join(d.text for d in train_docs)[:text_bytes].split("\n")
     for r, digits in secrets.items():  # the canaries go to random lines
         for _ in range(r):
             lines.insert(rng.randrange(len(lines)), security.canary_text(digits))
     ids = torch.tensor(tokenizer.encode("\n".join(lines)))
-    context = 64
+    context, batch_size = 64, 32
     model = TransformerLM(vocab_size=len(tokenizer.vocab), context_length=context, d_model=96, num_layers=2, num_heads=4,
-                          num_kv_heads=2, d_ff=256, tie_embeddings=True).to(dev)  # fmt: skip
+                          num_kv_heads=2, d_ff=256, tie_embeddings=True).to(device)  # fmt: skip
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
     losses = []
-    for step in range(steps):
-        starts = torch.randint(0, len(ids) - context - 1, (32,), generator=gen)
-        batch = torch.stack([ids[s : s + context + 1] for s in starts.tolist()]).to(dev)
-        logits = model(batch[:, :-1])
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten())
+    for _ in range(steps):
+        starts = torch.randint(0, len(ids) - context - 1, (batch_size,), generator=gen)
+        batch = torch.stack([ids[s : s + context + 1] for s in starts.tolist()]).to(device)
+        loss = torch.nn.functional.cross_entropy(model(batch[:, :-1]).flatten(0, 1), batch[:, 1:].flatten())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -117,15 +114,31 @@ def canary_experiment(steps: int = 300, n_digits: int = 4, repeats: tuple[int, .
         index = int("".join(map(str, digits)))
         rows.append({"repeats": r, "secret": "".join(map(str, digits)),
                      "exposure": security.exposure(all_losses[index], all_losses), "loss": all_losses[index]})  # fmt: skip
+    return {"seed": seed, "tokens": int(len(ids)), "epochs": steps * batch_size * context / len(ids),
+            "train_loss_first_last": [losses[0], sum(losses[-20:]) / min(20, len(losses))], "canaries": rows}  # fmt: skip
+
+
+def canary_experiment(steps: int = 300, n_digits: int = 4, repeats: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32),
+                      seeds: int = 3, device: str | None = None, text_bytes: int = 400_000) -> dict[str, Any]:  # fmt: skip
+    """`canary_run` for seeds 0..seeds-1 (each with its own secrets), with the exposure's mean and
+    standard deviation per number of repeats."""
+    dev = pick_device(device)
+    runs = [canary_run(steps, n_digits, tuple(repeats), seed, dev, text_bytes) for seed in range(seeds)]
+    summary = {}
+    for r in repeats:
+        values = [row["exposure"] for run in runs for row in run["canaries"] if row["repeats"] == r]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else float("nan")
+        summary[str(r)] = {"mean": mean, "std": std, "values": values}
     return {
-        "command": f"python -m reference.evaluation.run canary --steps {steps}",
-        "seed": seed,
-        "config": {"steps": steps, "n_digits": n_digits, "repeats": list(repeats), "text_bytes": text_bytes,
-                   "context": context, "batch": 32, "lr": 3e-3, "model": "TransformerLM d96 L2 H4 KV2"},  # fmt: skip
+        "command": f"python -m reference.evaluation.run canary --steps {steps} --seeds {seeds} --digits {n_digits}",
+        "seeds": list(range(seeds)),
+        "config": {"steps": steps, "n_digits": n_digits, "repeats": list(repeats), "text_bytes": text_bytes, "context": 64,
+                   "batch": 32, "lr": 3e-3, "model": "TransformerLM d_model 96, 2 layers, 4 heads, 2 kv heads"},  # fmt: skip
         "machine": machine_info(dev),
-        "train_loss_first_last": [losses[0], sum(losses[-20:]) / min(20, len(losses))],
         "max_exposure": math.log2(10**n_digits),
-        "canaries": rows,
+        "runs": runs,
+        "summary": summary,
     }
 
 
@@ -142,9 +155,11 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
 def run_evaluate(args: argparse.Namespace) -> int:
     unknown = [m for m in args.models if m not in MODELS]
     bad_tasks = [t for t in args.tasks if t not in harness.TASKS]
-    if unknown or bad_tasks or args.limit < 1:
-        print(f"error: unknown models {unknown} (use {MODELS}), unknown tasks {bad_tasks} (use {sorted(harness.TASKS)}),"
-              f" or --limit < 1 ({args.limit})", file=sys.stderr)  # fmt: skip
+    problems = ([f"unknown model(s) {unknown}; use {', '.join(MODELS)}"] if unknown else []) + (
+        [f"unknown task(s) {bad_tasks}; use {', '.join(sorted(harness.TASKS))}"] if bad_tasks else []) + (
+        [f"--limit must be >= 1, got {args.limit}"] if args.limit < 1 else [])  # fmt: skip
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
         return 2
     payload = evaluate_models(args.models, args.tasks, args.limit, args.seed, args.device, args.ppl_tokens)
     write_json(args.json, payload)
@@ -154,21 +169,24 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.evaluation.run", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="llm-course" if argv and argv[0] == "evaluate" else "python -m reference.evaluation.run",
+                                     description=__doc__.splitlines()[0])  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     add_evaluate_arguments(sub.add_parser("evaluate", help="the harness table"))
     canary = sub.add_parser("canary", help="canary exposure after a short training run")
     canary.add_argument("--steps", type=int, default=300)
-    canary.add_argument("--seed", type=int, default=0)
+    canary.add_argument("--seeds", type=int, default=3, help="training runs, seeds 0..N-1 (default: 3)")
+    canary.add_argument("--digits", type=int, default=4, help="digits per secret: 10^digits candidates (default: 4)")
+    canary.add_argument("--text-bytes", type=int, default=400_000, help="bytes of Shakespeare to train on")
     canary.add_argument("--device", default=None)
     canary.add_argument("--json", default=str(CANARY_JSON))
     args = parser.parse_args(argv)
     if args.command == "evaluate":
         return run_evaluate(args)
-    payload = canary_experiment(args.steps, seed=args.seed, device=args.device)
+    payload = canary_experiment(args.steps, args.digits, seeds=args.seeds, device=args.device, text_bytes=args.text_bytes)
     write_json(args.json, payload)
-    for row in payload["canaries"]:
-        print(f"repeats {row['repeats']:3d}: exposure {row['exposure']:.2f} bits of {payload['max_exposure']:.2f}")
+    for r, row in payload["summary"].items():
+        print(f"repeats {int(r):3d}: exposure {row['mean']:.2f} ± {row['std']:.2f} bits of {payload['max_exposure']:.2f}")
     return 0
 
 

@@ -108,17 +108,17 @@ def secret_losses(model: nn.Module, tokenizer, n_digits: int, batch_size: int = 
 @torch.no_grad()
 def extraction_rate(model: nn.Module, sequences: Sequence[Sequence[int]], prefix_len: int, suffix_len: int) -> float:
     """Share of token sequences whose `suffix_len` tokens after the first `prefix_len` come out of
-    greedy decoding exactly (verbatim memorisation, Carlini et al., 2023)."""
-    from reference.inference.generate import generate
-
-    hits = 0
-    usable = [s for s in sequences if len(s) >= prefix_len + suffix_len]
+    greedy decoding exactly (verbatim memorisation, Carlini et al., 2023). Decodes without a cache,
+    so any model that maps (batch, seq) ids to logits will do; the sequences are decoded together."""
+    usable = [list(s) for s in sequences if len(s) >= prefix_len + suffix_len]
     if not usable:
         raise ValueError(f"no sequence has prefix_len + suffix_len = {prefix_len + suffix_len} tokens")
-    for seq in usable:
-        out = generate(model, list(seq[:prefix_len]), suffix_len, temperature=0.0)
-        hits += out.new_tokens[0][:suffix_len] == list(seq[prefix_len : prefix_len + suffix_len])
-    return hits / len(usable)
+    device = next(model.parameters()).device
+    x = torch.tensor([s[:prefix_len] for s in usable], device=device)
+    for _ in range(suffix_len):
+        x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    target = torch.tensor([s[prefix_len : prefix_len + suffix_len] for s in usable], device=device)
+    return float((x[:, prefix_len:] == target).all(dim=1).float().mean())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Exercises for Chapter 13, evaluation."""
