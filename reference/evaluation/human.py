@@ -119,3 +119,16 @@ def read_preferences(path: str | os.PathLike, swapped: Sequence[bool]) -> dict[s
             system = "tie" if choice == "tie" else ("1" if (choice == "A") != swapped[item] else "2")
             by_rater.setdefault(row["rater"], {})[item] = system
     return {rater: [items[i] for i in sorted(items)] for rater, items in by_rater.items()}
+
+
+def rated_pairs() -> list[dict[str, object]]:
+    """The course's 33 (kind, reference, candidate, rating) rows (reference/data/resources/metric_pairs.tsv):
+    copies, paraphrases, near copies, word-order swaps, negations, drops, typos and unrelated outputs,
+    each rated 1-5 by one rater (the course author) for how well the candidate says what the reference says."""
+    from importlib import resources
+
+    text = resources.files("reference.data").joinpath("resources/metric_pairs.tsv").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    header = lines[0].split("\t")
+    rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+    return [{**row, "rating": int(row["rating"])} for row in rows]
