@@ -1,6 +1,6 @@
 """Exercises for Chapter 13: open-domain question answering: SQuAD's exact match and token F1, BM25 retrieval, retrieve-then-read.
 
-Implement normalize_answer (13.8), token_f1 (13.9), BM25.scores (13.10): fill in each body that raises NotImplementedError; the docstrings say
+Implement normalize_answer (13.8), token_f1 (13.9), BM25 (13.10): fill in each body that raises NotImplementedError; the docstrings say
 what to return. The rest of the module is the reference's own code, so that it runs on your
 functions. Grade with `llm-course grade 13`. Mirrors `reference/evaluation/qa.py`.
 """
@@ -58,19 +58,22 @@ class BM25:
     """An Okapi BM25 index over a list of documents (k1 = 1.5, b = 0.75 by default)."""
 
     def __init__(self, documents: Sequence[str], k1: float = 1.5, b: float = 0.75) -> None:
-        if isinstance(documents, str) or not documents:
-            raise ValueError("documents must be a non-empty sequence of str")
-        if not k1 >= 0 or not 0 <= b <= 1:
-            raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={k1!r}, b={b!r}")
-        self.k1, self.b = float(k1), float(b)
-        self.docs = [Counter(bm25_tokens(d)) for d in documents]
-        self.lengths = [sum(c.values()) for c in self.docs]
-        self.avgdl = sum(self.lengths) / len(self.docs)
-        self.df = Counter(t for c in self.docs for t in c)
+        """Index `documents` (tokenised by `bm25_tokens`).
+
+        Args:
+            documents: the texts to search, at least one.
+            k1: term-frequency saturation (>= 0); 0 ignores how often a term occurs.
+            b: length normalisation in [0, 1]; 0 ignores document length.
+
+        Raises ValueError for an empty corpus or k1, b out of range.
+        """
+        # Hint: keep, per document, a Counter of its bm25_tokens and its length; the document frequencies over all documents.
+        raise NotImplementedError("Exercise 13.10: BM25 index and scores")
 
     def idf(self, term: str) -> float:
-        n, big_n = self.df.get(term, 0), len(self.docs)
-        return math.log(1 + (big_n - n + 0.5) / (n + 0.5))
+        """log(1 + (N - n(t) + 0.5) / (n(t) + 0.5)): N documents, n(t) of them contain the term; always > 0."""
+        # Hint: n(t) documents hold the term; the + 1 inside the log keeps the idf positive.
+        raise NotImplementedError("Exercise 13.10: BM25 index and scores")
 
     def scores(self, query: str) -> list[float]:
         """BM25 score of every document for `query` (eq. above); a query term repeated counts again.
@@ -78,13 +81,13 @@ class BM25:
         Returns:
             one float per document, in index order.
         """
-        # Hint: the length normalisation uses self.avgdl; self.idf gives the idf; a term absent from a document adds nothing.
-        raise NotImplementedError("Exercise 13.10: BM25 scores")
+        # Hint: the length normalisation uses the average document length; a term absent from a document adds nothing.
+        raise NotImplementedError("Exercise 13.10: BM25 index and scores")
 
     def top(self, query: str, k: int = 3) -> list[int]:
         """Indices of the k best documents, best first (ties: lower index first)."""
-        s = self.scores(query)
-        return sorted(range(len(s)), key=lambda i: (-s[i], i))[:k]
+        # Hint: sort the indices by score, best first; break ties by the index.
+        raise NotImplementedError("Exercise 13.10: BM25 index and scores")
 
 
 @dataclass(frozen=True)
@@ -104,7 +107,8 @@ def qa_items(passages: Sequence[str], n: int = 20, seed: int = 0) -> list[QAItem
     order = list(range(len(passages)))
     rng.shuffle(order)
     for index in order:
-        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", passages[index]) if 40 <= len(s.strip()) <= 160]
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", passages[index])
+                     if 40 <= len(s.strip()) <= 160 and "**" not in s and "\n" not in s.strip()]  # fmt: skip
         rng.shuffle(sentences)
         for sentence in sentences:
             words = sentence.split()

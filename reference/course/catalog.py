@@ -241,7 +241,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("13.7", "IDF weights", "evaluation.bertscore", "idf_weights", points=2, refused=("bert_score",)),
             Exercise("13.8", "SQuAD answer normalisation", "evaluation.qa", "normalize_answer", points=2),
             Exercise("13.9", "SQuAD token F1", "evaluation.qa", "token_f1", points=3),
-            Exercise("13.10", "BM25 scores", "evaluation.qa", "BM25.scores", points=4, refused=("rank_bm25",)),
+            Exercise("13.10", "BM25 index and scores", "evaluation.qa", "BM25", points=5, refused=("rank_bm25",)),
             Exercise("13.11", "strided sliding-window NLL", "evaluation.perplexity", "sliding_window_nll", points=5),
             Exercise("13.12", "acc and acc_norm", "evaluation.harness", "multiple_choice_scores", points=3),
             Exercise("13.13", "unbiased pass@k", "evaluation.harness", "pass_at_k", points=2),

@@ -77,6 +77,15 @@ class BM25:
     """An Okapi BM25 index over a list of documents (k1 = 1.5, b = 0.75 by default)."""
 
     def __init__(self, documents: Sequence[str], k1: float = 1.5, b: float = 0.75) -> None:
+        """Index `documents` (tokenised by `bm25_tokens`).
+
+        Args:
+            documents: the texts to search, at least one.
+            k1: term-frequency saturation (>= 0); 0 ignores how often a term occurs.
+            b: length normalisation in [0, 1]; 0 ignores document length.
+
+        Raises ValueError for an empty corpus or k1, b out of range.
+        """
         if isinstance(documents, str) or not documents:
             raise ValueError("documents must be a non-empty sequence of str")
         if not k1 >= 0 or not 0 <= b <= 1:
@@ -88,6 +97,7 @@ class BM25:
         self.df = Counter(t for c in self.docs for t in c)
 
     def idf(self, term: str) -> float:
+        """log(1 + (N - n(t) + 0.5) / (n(t) + 0.5)): N documents, n(t) of them contain the term; always > 0."""
         n, big_n = self.df.get(term, 0), len(self.docs)
         return math.log(1 + (big_n - n + 0.5) / (n + 0.5))
 
@@ -132,7 +142,8 @@ def qa_items(passages: Sequence[str], n: int = 20, seed: int = 0) -> list[QAItem
     order = list(range(len(passages)))
     rng.shuffle(order)
     for index in order:
-        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", passages[index]) if 40 <= len(s.strip()) <= 160]
+        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", passages[index])
+                     if 40 <= len(s.strip()) <= 160 and "**" not in s and "\n" not in s.strip()]  # fmt: skip
         rng.shuffle(sentences)
         for sentence in sentences:
             words = sentence.split()
