@@ -169,3 +169,30 @@ def test_few_shot_prompt_layout_and_answer_extraction():
     table = harness.results_table([{"model": "m", "task": "t", "n": 4, "num_fewshot": 0,
                                     "metrics": {"acc": {"value": 0.5, "stderr": 0.25}}}], ["m", "other"])  # fmt: skip
     assert "50.0 ± 25.0" in table and "—" in table
+
+
+def test_bad_input_gets_a_clear_error():
+    import torch
+
+    from reference.evaluation import bertscore, perplexity, rouge
+
+    with pytest.raises(ValueError, match="reference stream"):
+        bleu.corpus_bleu(["a b", "c"], [["a b"]])
+    with pytest.raises(TypeError, match="references"):
+        bleu.sentence_bleu("a b", "a b")
+    with pytest.raises(ValueError, match="smooth_method"):
+        bleu.corpus_bleu(["a"], [["a"]], smooth_method="laplace")
+    with pytest.raises(ValueError, match="unknown ROUGE type"):
+        rouge.rouge("a", "a", ["rougeX"])
+    with pytest.raises(ValueError, match="pair up"):
+        bertscore.bertscore(["a"], ["a", "b"], model=torch.nn.Linear(1, 1), tokenizer=object())
+    with pytest.raises(ValueError, match="golds"):
+        qa.token_f1("a", "a")
+    with pytest.raises(ValueError, match="same items"):
+        human.cohen_kappa(["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="unknown task"):
+        harness.get_task("mmlu")
+    with pytest.raises(ValueError, match="kind"):
+        harness.Task("t", "ranking", [])
+    with pytest.raises(ValueError, match="window"):
+        perplexity.sliding_window_nll(torch.nn.Linear(1, 1), [1, 2, 3], 1, 1)

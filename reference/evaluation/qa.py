@@ -142,8 +142,8 @@ def qa_items(passages: Sequence[str], n: int = 20, seed: int = 0) -> list[QAItem
     order = list(range(len(passages)))
     rng.shuffle(order)
     for index in order:
-        sentences = [s.strip() for s in re.split(r"(?<=[.!?])\s+", passages[index])
-                     if 40 <= len(s.strip()) <= 160 and "**" not in s and "\n" not in s.strip()]  # fmt: skip
+        sentences = [" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", passages[index])]
+        sentences = [s for s in sentences if 40 <= len(s) <= 160 and "**" not in s and s[-1] in ".!?"]
         rng.shuffle(sentences)
         for sentence in sentences:
             words = sentence.split()
