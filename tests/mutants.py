@@ -588,6 +588,8 @@ CHAPTER_13 = (
        "return max(range(len(values)), key=lambda i: (values[i], i))", "ties to the last choice"),
     _m("13.12", HARNESS, '"acc_norm": float(first_max(norm) == gold)', '"acc_norm": float(first_max(loglikelihoods) == gold)',
        "acc_norm not normalised"),
+    _m("13.12", HARNESS, "norm = [ll / len(c) for ll, c in zip(loglikelihoods, choices)]",
+       "norm = [ll / (len(c) + 1) for ll, c in zip(loglikelihoods, choices)]", "acc_norm counts the delimiter"),
     _m("13.13", HARNESS, "        prod *= 1.0 - k / i\n", "        prod *= 1.0 - 1 / i\n", "k ignored in the product"),
     _m("13.13", HARNESS, "    return 1.0 - prod\n", "    return 1.0 - (1.0 - c / n) ** k\n", "draws with replacement (1 - (1 - c/n)^k)"),
     _m("13.13", HARNESS, "for i in range(n - c + 1, n + 1):", "for i in range(n - c, n + 1):", "product over one term too many"),

@@ -134,7 +134,7 @@ def test_perturbations_and_attack_success():
             intact = context.endswith("alpha beta gamma delta")
             return (0.0 if continuation == " yes" else -1.0) if intact else (-1.0 if continuation == " yes" else 0.0), False
 
-    docs = [harness.Doc("alpha beta gamma delta", (" yes", " no"), 0) for _ in range(10)]
+    docs = [harness.Doc("alpha beta gamma delta", ("yes", "no"), 0) for _ in range(10)]
     task = harness.Task("t", "multiple_choice", docs)
     result = security.attack_success_rate(KnowsTheQuery(), task, "word", 1.0)
     assert result["clean_acc"] == 1.0 and result["perturbed_acc"] == 0.0 and result["success_rate"] == 1.0

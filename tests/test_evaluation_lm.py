@@ -96,14 +96,17 @@ def test_more_context_lowers_llama_tiny_perplexity(impl):
 @pytest.mark.points(2)
 def test_acc_and_acc_norm_as_lm_evaluation_harness_defines_them(impl):
     score = impl.evaluation.harness.multiple_choice_scores
-    # acc picks the highest summed log-likelihood; acc_norm divides by characters: -10/2 = -5 < -12/7
-    assert score([-10.0, -12.0], [" a", " bbbbbb"], 0) == {"acc": 1.0, "acc_norm": 0.0}
-    assert score([-10.0, -12.0], [" a", " bbbbbb"], 1) == {"acc": 0.0, "acc_norm": 1.0}
-    # characters, not tokens or words: " xy z" has 5 characters
-    assert score([-5.0, -4.1], [" xy z", " w"], 0)["acc_norm"] == 1.0
+    # acc picks the highest summed log-likelihood; acc_norm divides by characters: -10/1 < -12/6
+    assert score([-10.0, -12.0], ["a", "bbbbbb"], 0) == {"acc": 1.0, "acc_norm": 0.0}
+    assert score([-10.0, -12.0], ["a", "bbbbbb"], 1) == {"acc": 0.0, "acc_norm": 1.0}
+    # characters, not tokens or words: "xy z" has 4 characters (-1.25 > -4.1)
+    assert score([-5.0, -4.1], ["xy z", "w"], 0)["acc_norm"] == 1.0
+    # the answer text's length, not the scored continuation's: lm-evaluation-harness divides by
+    # len(choice) although it scores " " + choice (-2/1 < -5/4; counting the space would tie, -1 = -1)
+    assert score([-2.0, -5.0], ["a", "abcd"], 1)["acc_norm"] == 1.0
     # ties go to the first choice (numpy's argmax)
-    assert score([-3.0, -3.0, -9.0], [" p", " q", " r"], 0) == {"acc": 1.0, "acc_norm": 1.0}
-    assert score([-3.0, -3.0, -9.0], [" p", " q", " r"], 1) == {"acc": 0.0, "acc_norm": 0.0}
+    assert score([-3.0, -3.0, -9.0], ["p", "q", "r"], 0) == {"acc": 1.0, "acc_norm": 1.0}
+    assert score([-3.0, -3.0, -9.0], ["p", "q", "r"], 1) == {"acc": 0.0, "acc_norm": 0.0}
     with pytest.raises(ValueError):
         score([-1.0], [" a", " b"], 0)
 
@@ -131,11 +134,11 @@ def test_planted_task_is_answered(impl, llama_tiny_lm):
     lines = [ln.strip() for ln in split_documents(load_source("books"))[0][1].text.splitlines() if len(ln.strip()) > 25][:200]
     docs = []
     for i in range(0, 40, 2):
-        soup = " " + "".join(rng.choice("qxzjkvw ") for _ in range(len(lines[i + 1])))
-        choices = [soup, " " + lines[i + 1]] if i % 4 else [" " + lines[i + 1], soup]
+        soup = "".join(rng.choice("qxzjkvw ") for _ in range(len(lines[i + 1])))
+        choices = [soup, lines[i + 1]] if i % 4 else [lines[i + 1], soup]
         docs.append(Doc(lines[i] + "\n", tuple(choices), 1 if i % 4 else 0))
     result = evaluate_task(llama_tiny_lm, Task("planted", "multiple_choice", docs))
-    lls = [[llama_tiny_lm.loglikelihood(d.query, c)[0] for c in d.choices] for d in docs]
+    lls = [[llama_tiny_lm.loglikelihood(d.query, " " + c)[0] for c in d.choices] for d in docs]
     for name in ("acc", "acc_norm"):
         want = [impl.evaluation.harness.multiple_choice_scores(ll, d.choices, d.gold)[name] for ll, d in zip(lls, docs)]
         assert want == [1.0] * len(docs)
@@ -147,7 +150,7 @@ def test_planted_task_is_answered(impl, llama_tiny_lm):
 def test_uniform_guess_scores_chance(impl):
     from reference.evaluation.harness import Doc, Task, UniformGuess, evaluate_task
 
-    docs = [Doc("q", (" a", " bb", " ccc", " dddd"), i % 4) for i in range(800)]
+    docs = [Doc("q", ("a", "bb", "ccc", "dddd"), i % 4) for i in range(800)]
     result = evaluate_task(UniformGuess(0), Task("chance", "multiple_choice", docs))
     acc = result["metrics"]["acc"]
     assert abs(acc["value"] - 0.25) < 3 * acc["stderr"]

@@ -29,12 +29,13 @@ def multiple_choice_scores(loglikelihoods: Sequence[float], choices: Sequence[st
     """lm-evaluation-harness's `acc` and `acc_norm` of one multiple-choice item.
 
     `acc` takes the choice of highest log-likelihood; `acc_norm` divides each log-likelihood by the
-    length of the choice's text in characters (the continuation as scored, its leading space
-    included) before taking the argmax. Ties go to the first choice (numpy's argmax).
+    length of the choice's text in characters before taking the argmax: the answer text itself, not
+    the delimiter (a space) that the scored continuation starts with. Ties go to the first choice
+    (numpy's argmax).
 
     Args:
         loglikelihoods: log p(choice_i | context), one per choice (summed over the choice's tokens).
-        choices: the continuation strings, in the same order.
+        choices: the answer texts, in the same order, without the delimiter that precedes them.
         gold: index of the right choice.
 
     Returns:
@@ -148,7 +149,8 @@ class UniformGuess:
 
 @dataclass(frozen=True)
 class Doc:
-    """One test item: the query text, and either choices with the gold index or acceptable answers."""
+    """One test item: the query text, and either choices (answer texts, no leading delimiter) with the
+    gold index, or acceptable answers."""
 
     query: str
     choices: tuple[str, ...] = ()
@@ -170,6 +172,7 @@ class Task:
     answer_pattern: str = r"(-?\d+)"
     max_new_tokens: int = 8
     answer_space: tuple[str, ...] = ()
+    target_delimiter: str = " "
 
     def __post_init__(self) -> None:
         if self.kind not in ("multiple_choice", "generate"):
@@ -178,15 +181,16 @@ class Task:
             raise ValueError(f"num_fewshot={self.num_fewshot} but the task has {len(self.fewshot_docs)} few-shot docs")
 
 
-def target_text(doc: Doc) -> str:
-    """The answer text a few-shot example shows: the gold choice, or the first acceptable answer (after a space)."""
-    return doc.choices[doc.gold] if doc.choices else " " + doc.answers[0]
+def target_text(doc: Doc, delimiter: str = " ") -> str:
+    """The answer a few-shot example shows after its query: the delimiter, then the gold choice or the
+    first acceptable answer."""
+    return delimiter + (doc.choices[doc.gold] if doc.choices else doc.answers[0])
 
 
-def few_shot_prompt(description: str, shots: Sequence[Doc], query: str) -> str:
+def few_shot_prompt(description: str, shots: Sequence[Doc], query: str, delimiter: str = " ") -> str:
     """lm-evaluation-harness's prompt layout: the description, then each example as its query followed
     by its answer, the examples separated by a blank line, then the query to answer."""
-    parts = [shot.query + target_text(shot) for shot in shots] + [query]
+    parts = [shot.query + target_text(shot, delimiter) for shot in shots] + [query]
     return description + "\n\n".join(parts)
 
 
@@ -210,9 +214,9 @@ def evaluate_task(lm: Any, task: Task, limit: int | None = None, seed: int = 0) 
     per_item: dict[str, list[float]] = {}
     for doc in docs:
         shots = rng.sample(task.fewshot_docs, task.num_fewshot) if task.num_fewshot else []
-        context = few_shot_prompt(task.description, shots, doc.query)
+        context = few_shot_prompt(task.description, shots, doc.query, task.target_delimiter)
         if task.kind == "multiple_choice":
-            lls = [lm.loglikelihood(context, choice)[0] for choice in doc.choices]
+            lls = [lm.loglikelihood(context, task.target_delimiter + choice)[0] for choice in doc.choices]
             scores = multiple_choice_scores(lls, doc.choices, doc.gold)
         else:
             if isinstance(lm, UniformGuess) and task.answer_space:  # chance over this task's answers
@@ -276,7 +280,7 @@ def shakespeare_next_line(n: int = 100, seed: int = 0) -> Task:
         lines = rng.choice(plays)
         i = rng.randrange(len(lines) - 1)
         others = rng.sample([line for j, line in enumerate(lines) if abs(j - i - 1) > 3], 3)
-        choices = [" " + lines[i + 1]] + [" " + o for o in others]
+        choices = [lines[i + 1]] + others
         order = list(range(4))
         rng.shuffle(order)
         docs.append(Doc(f"{lines[i]}\n", tuple(choices[k] for k in order), order.index(0)))
@@ -300,7 +304,7 @@ def python_docs_cloze(n: int = 100, seed: int = 0) -> Task:
     docs = []
     for prefix, word in sentences[: n + 10]:
         others = rng.sample([w for w in vocab_list if w != word], 3)
-        choices = [" " + w + "." for w in [word] + others]
+        choices = [w + "." for w in [word] + others]
         order = list(range(4))
         rng.shuffle(order)
         docs.append(Doc(prefix, tuple(choices[k] for k in order), order.index(0)))

@@ -13,6 +13,7 @@ neural language models" (a training prefix, greedy decoding, the exact suffix); 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -174,7 +175,7 @@ def attack_success_rate(lm, task: Task, kind: str, rate: float, limit: int | Non
         raise ValueError(f"kind must be 'char' or 'word', got {kind!r}")
     clean = evaluate_task(lm, task, limit, seed)["per_item"]["acc"]
     noisy_docs = [type(d)(perturb(d.query, rate, seed + i), d.choices, d.gold, d.answers) for i, d in enumerate(task.docs)]
-    noisy_task = Task(task.name, task.kind, noisy_docs, task.fewshot_docs, task.description, task.num_fewshot)
+    noisy_task = dataclasses.replace(task, docs=noisy_docs)  # every other field (answer pattern, delimiter) kept
     noisy = evaluate_task(lm, noisy_task, limit, seed)["per_item"]["acc"]
     right = [i for i, v in enumerate(clean) if v == 1.0]
     flipped = sum(1 for i in right if noisy[i] == 0.0)
