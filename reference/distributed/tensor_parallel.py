@@ -541,3 +541,27 @@ def gather_parameters(model: nn.Module, grads: bool = False, group: dist.Process
             value = torch.cat(parts, dim=dim)
         out[name] = value.clone()
     return out
+
+
+def grid_groups(tensor_parallel_size: int) -> tuple[dist.ProcessGroup, dist.ProcessGroup, int, int]:
+    """The 2-D grid of data parallel over tensor parallel: (tp_group, dp_group, dp_rank, dp_size).
+
+    Ranks [k t, (k + 1) t) form tensor-parallel group k (neighbours, as Megatron places them on
+    one node's fast links); ranks r, r + t, r + 2t, ... form a data-parallel group, whose members
+    hold the same shard and all-reduce its gradients. Every rank must call this (in the same order),
+    since `torch.distributed.new_group` is collective.
+    """
+    rank, world = group_rank_and_size(None)
+    t = tensor_parallel_size
+    if isinstance(t, bool) or not isinstance(t, int) or t < 1 or world % t:
+        raise ValueError(f"tensor_parallel_size must be a positive int dividing the world size {world}, got {t!r}")
+    tp_group = dp_group = None
+    for k in range(world // t):
+        group = dist.new_group(list(range(k * t, (k + 1) * t)))
+        if rank // t == k:
+            tp_group = group
+    for r in range(t):
+        group = dist.new_group(list(range(r, world, t)))
+        if rank % t == r:
+            dp_group = group
+    return tp_group, dp_group, rank // t, world // t
