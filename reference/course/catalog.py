@@ -239,9 +239,12 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("9.3", "column-parallel linear", "distributed.tensor_parallel", "ColumnParallelLinear", points=5, refused=TENSOR_PARALLEL_LIBRARY),
             Exercise("9.4", "row-parallel linear", "distributed.tensor_parallel", "RowParallelLinear", points=5, refused=TENSOR_PARALLEL_LIBRARY),
             Exercise("9.5", "vocabulary-parallel embedding", "distributed.tensor_parallel", "VocabParallelEmbedding", points=4, refused=TENSOR_PARALLEL_LIBRARY),
-            Exercise("9.6", "vocabulary-parallel cross-entropy", "distributed.tensor_parallel", "vocab_parallel_cross_entropy", points=6, refused=TENSOR_PARALLEL_LIBRARY + CROSS_ENTROPY + SOFTMAX),
+            Exercise("9.6", "vocabulary-parallel cross-entropy", "distributed.tensor_parallel", "VocabParallelCrossEntropy", points=6, refused=TENSOR_PARALLEL_LIBRARY + CROSS_ENTROPY + SOFTMAX),
+            Exercise("9.7", "GPipe schedule", "distributed.pipeline", "gpipe_order", points=2),
+            Exercise("9.8", "1F1B (PipeDream-Flush) schedule", "distributed.pipeline", "one_f_one_b_order", points=5, refused=("torch.distributed.pipelining",)),
+            Exercise("9.9", "bubble fraction from a timeline", "distributed.pipeline", "bubble_fraction", points=3),
         ),
-        tests=("tests/test_tensor_parallel.py",),
+        tests=("tests/test_tensor_parallel.py", "tests/test_pipeline.py"),
     ),
 )
 

@@ -121,8 +121,8 @@ def _own_slice(x: Tensor, group: dist.ProcessGroup | None) -> Tensor:
 class CopyToParallel(torch.autograd.Function):
     """Megatron's `f`: identity in the forward, all-reduce (sum) of the gradient in the backward.
 
-    Placed where a replicated activation X enters column-parallel weights: every rank computes
-    dL/dX_i = dY_i/dX^T ... from its own columns only, and the true gradient is their sum.
+    Placed where a replicated activation X enters column-parallel weights: rank i's gradient
+    dL/dX = dL/dY_i A_i covers its own columns only, and the true gradient is the sum over ranks.
     Call as `CopyToParallel.apply(x, group, comm)`.
     """
 
@@ -340,7 +340,16 @@ class VocabParallelEmbedding(nn.Module):
         return reduce_from_parallel(rows, self.group, self.comm)
 
 
-class _VocabParallelCrossEntropy(torch.autograd.Function):
+class VocabParallelCrossEntropy(torch.autograd.Function):
+    """Per-token cross-entropy of vocabulary-parallel logits (..., V/t) against targets (...): (...) float32.
+
+    Forward: loss = log sum_v exp(z_v - M) - (z_target - M), M the max over the whole vocabulary,
+    from three all-reduces of (...,) numbers (the max, the target's shifted logit from the one rank
+    that owns it, the sum of exponentials) instead of an all-gather of (..., V). Backward:
+    (softmax(z) - onehot(target)) * grad on this rank's slice of the vocabulary. Rank i holds ids
+    [i V/t, (i + 1) V/t). Call as `VocabParallelCrossEntropy.apply(logits, targets, group, comm)`.
+    """
+
     @staticmethod
     def forward(ctx: Any, logits: Tensor, targets: Tensor, group: dist.ProcessGroup | None, comm: str) -> Tensor:
         rank, size = group_rank_and_size(group)
@@ -370,12 +379,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(
     logits: Tensor, targets: Tensor, group: dist.ProcessGroup | None = None, comm: str = "torch"
 ) -> Tensor:
-    """Per-token cross-entropy from vocabulary-parallel logits, without gathering them.
-
-    loss = log sum_v exp(z_v - M) - (z_target - M), with M the max over the whole vocabulary: three
-    all-reduces of (...,) numbers (max, the target's logit from the rank that owns it, the sum of
-    exponentials) instead of an all-gather of (..., V). Gradient: softmax(z) - onehot(target), on
-    this rank's slice of the vocabulary. Megatron-LM section 3.
+    """Per-token cross-entropy from vocabulary-parallel logits, without gathering them
+    (`VocabParallelCrossEntropy`, with its shapes checked). Megatron-LM section 3.
 
     Args:
         logits: this rank's slice (..., V/t) of the logits; rank i holds ids [i V/t, (i + 1) V/t).
@@ -387,7 +392,7 @@ def vocab_parallel_cross_entropy(
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets {tuple(targets.shape)} must be logits' shape without the last dim, {tuple(logits.shape)}")
-    return _VocabParallelCrossEntropy.apply(logits, targets, group, comm)
+    return VocabParallelCrossEntropy.apply(logits, targets, group, comm)
 
 
 class ParallelSwiGLU(nn.Module):
