@@ -148,7 +148,7 @@ def _run_embedding_and_loss(package: str) -> dict:
     ref = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(3, 5)
     (ref * torch.linspace(0.5, 2, 5, dtype=torch.float64)).sum().backward()
     return dict(emb=(out.detach(), dense.detach()), emb_grad=(ours.weight.grad, emb_grad),
-                loss=(loss.detach(), ref.detach().float()), loss_grad=(local.grad, logits.grad[..., rank * width : (rank + 1) * width]))
+                loss=(loss.detach(), ref.detach()), loss_grad=(local.grad, logits.grad[..., rank * width : (rank + 1) * width]))
 
 
 def _run_lm(package: str, tie: bool) -> dict:

@@ -2,8 +2,7 @@
 
 Fill in each body that raises NotImplementedError. The rest (stages, Delay, run_pipeline, which
 runs your schedules on real processes) is an exact copy of the reference. Grade with
-`llm-course grade 9`. Mirrors `reference/distributed/pipeline.py`.
-"""
+`llm-course grade 9`. Mirrors `reference/distributed/pipeline.py`."""
 
 from __future__ import annotations
 
@@ -283,3 +282,16 @@ def run_pipeline(
     for work, _ in sends:
         work.wait()
     return PipelineResult(total if last else None, events, peak)
+
+
+def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, backward_s: float, width: int = 8) -> PipelineResult:
+    """Run `schedule` on slept stages of equal cost (`timed_stage`), one per rank; this rank's result.
+
+    For notebooks and benchmarks (the function travels to the ranks by name): the timeline, from
+    which `bubble_fraction` measures the bubble, and the peak stash.
+    """
+    rank = p2p.rank_and_world()[0]
+    stage = timed_stage(width, forward_s, backward_s, seed=rank)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(num_microbatches, width, generator=g), torch.randn(num_microbatches, width, generator=g)
+    return run_pipeline(stage, schedule, num_microbatches, (1, width), inputs=x, targets=y, loss_fn=nn.functional.mse_loss)

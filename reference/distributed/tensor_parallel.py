@@ -341,7 +341,7 @@ class VocabParallelEmbedding(nn.Module):
 
 
 class VocabParallelCrossEntropy(torch.autograd.Function):
-    """Per-token cross-entropy of vocabulary-parallel logits (..., V/t) against targets (...): (...) float32.
+    """Per-token cross-entropy of vocabulary-parallel logits (..., V/t) against targets (...): (...) losses, float32 or wider.
 
     Forward: loss = log sum_v exp(z_v - M) - (z_target - M), M the max over the whole vocabulary,
     from three all-reduces of (...,) numbers (the max, the target's shifted logit from the one rank
@@ -355,7 +355,7 @@ class VocabParallelCrossEntropy(torch.autograd.Function):
         rank, size = group_rank_and_size(group)
         width = logits.shape[-1]
         start = rank * width
-        logits = logits.float()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half precision in float32
         top = all_reduce(logits.max(dim=-1).values, group, comm, op="max")  # (...,) the global max
         shifted = logits - top.unsqueeze(-1)
         outside = (targets < start) | (targets >= start + width)
@@ -388,7 +388,7 @@ def vocab_parallel_cross_entropy(
         group, comm: as for `ColumnParallelLinear`.
 
     Returns:
-        (...) float32 losses (take `.mean()` for the usual loss), the same on every rank.
+        (...) losses in float32 or wider (take `.mean()` for the usual loss), the same on every rank.
     """
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets {tuple(targets.shape)} must be logits' shape without the last dim, {tuple(logits.shape)}")
@@ -570,3 +570,70 @@ def grid_groups(tensor_parallel_size: int) -> tuple[dist.ProcessGroup, dist.Proc
         if rank % t == r:
             dp_group = group
     return tp_group, dp_group, rank // t, world // t
+
+
+def layer_traffic(batch: int, seq: int, d_model: int = 64, num_heads: int = 8, d_ff: int = 128, seed: int = 0) -> dict[str, int]:
+    """Bytes and messages this rank sends in one tensor-parallel layer's forward and backward.
+
+    Builds a one-layer dense `TransformerLM` (float32, the same seed on every rank), shards it with
+    the course's counted ring collectives (`comm="ring"`) over the world, and counts one block's
+    forward + backward on (batch, seq, d_model) inputs: compare with 8 b s h (t - 1) / t elements.
+    """
+    from reference.attention import causal_mask
+    from reference.distributed.p2p import count_traffic
+    from reference.models.llama import TransformerLM
+
+    torch.manual_seed(seed)
+    dense = TransformerLM(vocab_size=64, context_length=max(seq, 8), d_model=d_model, num_layers=1, num_heads=num_heads, d_ff=d_ff)
+    layer = TensorParallelLM.from_dense(dense, comm="ring").layers[0]
+    x = torch.randn(batch, seq, d_model, requires_grad=True, generator=torch.Generator().manual_seed(seed))
+    with count_traffic() as forward:
+        y = layer(x, mask=causal_mask(seq))
+    with count_traffic() as backward:
+        y.sum().backward()
+    return dict(forward_bytes=forward.bytes_sent, backward_bytes=backward.bytes_sent,
+                messages=forward.messages_sent + backward.messages_sent)
+
+
+def _small_lm(seed: int, num_heads: int, num_kv_heads: int) -> nn.Module:
+    from reference.models.llama import TransformerLM
+
+    torch.manual_seed(seed)
+    return TransformerLM(vocab_size=64, context_length=16, d_model=64, num_layers=2, num_heads=num_heads, d_ff=96,
+                         num_kv_heads=num_kv_heads).double()
+
+
+def dense_agreement(num_heads: int = 8, num_kv_heads: int = 4, tensor_parallel_size: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Largest |sharded - dense| of the logits, the loss and every gradient (gathered), float64.
+
+    Runs on every rank: a two-layer GQA `TransformerLM` sharded over the world
+    (`tensor_parallel_size=None`) or, data parallel over tensor parallel (`grid_groups`), over
+    groups of `tensor_parallel_size` ranks, each data-parallel replica taking its share of the
+    batch and the replicas averaging their gradients with an all-reduce.
+    """
+    dense = _small_lm(seed, num_heads, num_kv_heads)
+    g = torch.Generator().manual_seed(seed + 1)
+    ids = torch.randint(0, 64, (4, 9), generator=g)
+    ids, targets = ids[:, :-1], ids[:, 1:]
+    if tensor_parallel_size is None:
+        group, dp_group, dp_rank, dp_size = None, None, 0, 1
+    else:
+        group, dp_group, dp_rank, dp_size = grid_groups(tensor_parallel_size)
+    sharded = TensorParallelLM.from_dense(dense, group=group)
+    share = ids.shape[0] // dp_size
+    part = slice(dp_rank * share, (dp_rank + 1) * share)
+    logits = sharded(ids[part])
+    loss = sharded.loss(ids[part], targets[part])
+    loss.backward()
+    if dp_size > 1:
+        for param in sharded.parameters():
+            dist.all_reduce(param.grad, group=dp_group)
+            param.grad /= dp_size
+    grads = gather_parameters(sharded, grads=True)
+    dense_logits = dense(ids)
+    dense_loss = F.cross_entropy(dense_logits.flatten(0, 1), targets.flatten())
+    dense_loss.backward()
+    grad_error = max(float((grads[n] - p.grad).abs().max()) for n, p in dense.named_parameters())
+    return dict(logits=float((logits - dense_logits[part]).detach().abs().max()),
+                loss=abs(float(loss) - float(F.cross_entropy(dense_logits[part].flatten(0, 1), targets[part].flatten()))),
+                gradients=grad_error)
