@@ -553,5 +553,5 @@ def dense_agreement(num_heads: int = 8, num_kv_heads: int = 4, tensor_parallel_s
     dense_loss.backward()
     grad_error = max(float((grads[n] - p.grad).abs().max()) for n, p in dense.named_parameters())
     return dict(logits=float((logits - dense_logits[part]).detach().abs().max()),
-                loss=abs(float(loss) - float(F.cross_entropy(dense_logits[part].flatten(0, 1), targets[part].flatten()))),
+                loss=abs(loss.item() - F.cross_entropy(dense_logits[part].flatten(0, 1), targets[part].flatten()).item()),
                 gradients=grad_error)
