@@ -248,12 +248,18 @@ def test_pipeline_matches_torch_pipelining(impl, clusters, schedule):
 @pytest.mark.points(3)
 @pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
 def test_measured_bubble_matches_the_formula(impl, clusters, schedule):
+    """Stages of 60 ms forward / 120 ms backward. Message and wake-up latency only ever adds idle
+    time, and on a loaded machine it can add a lot: the best of up to three runs is compared."""
     pp = impl.distributed.pipeline
     p, m = 4, 6
-    results = clusters(p).run(_run_timed, impl.package, schedule, m, 0.04, 0.08)
-    events = [e for r in results for e in r["events"]]
-    measured = pp.bubble_fraction(events)
-    assert abs(measured - pp.bubble_formula(p, m)) < 0.05, f"{schedule}: measured {measured:.3f}, formula {pp.bubble_formula(p, m):.3f}"
+    formula = pp.bubble_formula(p, m)
+    measured = []
+    for _ in range(3):
+        results = clusters(p).run(_run_timed, impl.package, schedule, m, 0.06, 0.12)
+        measured.append(pp.bubble_fraction([e for r in results for e in r["events"]]))
+        if abs(measured[-1] - formula) < 0.05:
+            break
+    assert min(abs(b - formula) for b in measured) < 0.05, f"{schedule}: measured {measured}, formula {formula:.3f}"
 
 
 @pytest.mark.exercise("9.3")
