@@ -39,6 +39,9 @@ and `d_model` is this rank's attention width (num_heads_per_rank * head_dim), so
 `tp.dense_config`. `tp.context_length` and `tp.vocab_size` are the dense model's. `tp.loss(ids,
 targets)` is the training loss through the vocabulary-parallel cross-entropy;
 `gather_parameters(tp)` (and `grads=True`) rebuilds the dense state dict on every rank.
+Sampling with temperature > 0 stays in step across ranks only if every rank passes a generator
+with the same seed (greedy decoding needs nothing). Requires num_heads, num_kv_heads, d_ff and
+vocab_size divisible by the group size (key/value heads are not replicated: t <= num_kv_heads).
 """
 
 from __future__ import annotations
