@@ -224,6 +224,26 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
         tests=("tests/test_collectives.py",),
     ),
+    Chapter(
+        number=10,
+        slug="mixed_precision_memory",
+        title="Mixed precision, activation checkpointing and overlapping",
+        survey_section="2.4(b) Mixed Precision Training, 2.4(d) Overlapping, 2.4(e) Checkpoint",
+        modules=("precision", "checkpointing"),
+        exercises=(
+            Exercise("10.1", "range and precision of a float format", "precision", "format_limits", points=3, refused=("torch.finfo", "numpy.finfo")),
+            Exercise("10.2", "decode a bit pattern", "precision", "decode", points=4, refused=(".view", "struct", "numpy.frombuffer")),
+            Exercise("10.3", "round into a format (ties to even)", "precision", "round_to_format", points=6,
+                     refused=(".to", ".half", ".bfloat16", ".float", ".type", "torch.Tensor.to", "numpy.float16")),
+            Exercise("10.4", "static and dynamic loss scaler", "precision", "LossScaler", points=5, refused=("torch.amp", "torch.cuda.amp", "torch._amp*")),
+            Exercise("10.5", "mixed-precision step with fp32 master weights", "precision", "mixed_precision_step", points=6, refused=("torch.amp", "torch.cuda.amp", "torch.autocast")),
+            Exercise("10.6", "memory of mixed-precision Adam", "precision", "adam_memory_bytes", points=1),
+            Exercise("10.7", "recompute-in-backward checkpoint", "checkpointing", "checkpoint", points=7, refused=("torch.utils.checkpoint",)),
+            Exercise("10.8", "sqrt(n) segments", "checkpointing", "segment_boundaries", points=2),
+            Exercise("10.9", "saved-activation meter", "checkpointing", "SavedTensorMeter", points=5),
+        ),
+        tests=("tests/test_precision.py", "tests/test_checkpointing.py"),
+    ),
 )
 
 def chapter(key: str | int) -> Chapter:
