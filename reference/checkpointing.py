@@ -216,12 +216,14 @@ def memory_theory(num_layers: int, boundaries: Sequence[tuple[int, int]] | None,
                   other_bytes: int = 0) -> int:
     """Peak saved-activation bytes predicted for a chain of identical layers (Chen et al., 2016, section 3).
 
-    No checkpointing: every layer's activations, n * layer_bytes. With segments: the k segment
-    inputs stay saved the whole time, and the backward pass of the longest segment holds its
-    recomputed activations: k * boundary_bytes + max_len * layer_bytes. `other_bytes` (embedding,
-    final norm, output layer) is added to both.
+    No checkpointing: every layer's activations and the rest of the model's, n * layer_bytes +
+    other_bytes (the peak is at the end of the forward pass). With k segments the peak comes in
+    the backward pass of the longest segment: the k segment inputs are still saved, and the
+    recomputed segment holds its layers' activations, among which its own input (the same storage
+    as its saved boundary, so counted once), while the output layer's activations are already
+    freed: (k - 1) * boundary_bytes + longest * layer_bytes.
     """
     if boundaries is None:
         return num_layers * layer_bytes + other_bytes
     longest = max(stop - start for start, stop in boundaries)
-    return len(boundaries) * boundary_bytes + longest * layer_bytes + other_bytes
+    return (len(boundaries) - 1) * boundary_bytes + longest * layer_bytes

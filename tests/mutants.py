@@ -526,3 +526,72 @@ CHAPTER_4 = (
 )
 
 MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_4
+
+
+PREC, CKPT10 = "reference/precision.py", "reference/checkpointing.py"
+
+CHAPTER_10 = (
+    _m("10.1", PREC, "    bias = 2 ** (e - 1) - 1\n    if fmt.ieee:\n", "    bias = 2 ** (e - 1)\n    if fmt.ieee:\n", "bias 2^(e-1), not 2^(e-1) - 1"),
+    _m("10.1", PREC, "    if fmt.ieee:\n        max_exponent = 2**e - 2 - bias", "    if True:\n        max_exponent = 2**e - 2 - bias",
+       "E4M3 treated as IEEE (max 240)"),
+    _m("10.1", PREC, "smallest_subnormal=2.0 ** (1 - bias - m),", "smallest_subnormal=2.0 ** (1 - bias),", "subnormal without the mantissa bits"),
+    _m("10.1", PREC, "        eps=2.0**-m,\n", "        eps=2.0 ** -(m + 1),\n", "eps is half a gap (unit roundoff)"),
+    _m("10.2", PREC, "signed * fraction * 2.0 ** (1 - bias - m))", "signed * (1 + fraction / 2**m) * 2.0 ** (1 - bias))",
+       "subnormals given the implicit 1"),
+    _m("10.2", PREC, "signed * fraction * 2.0 ** (1 - bias - m))", "signed * fraction * 2.0 ** (0 - bias - m))", "subnormal exponent -bias"),
+    _m("10.2", PREC, "    if exponent == 2**e - 1 and (fmt.ieee or fraction == 2**m - 1):", "    if exponent == 2**e - 1:",
+       "E4M3's top exponent read as inf/NaN"),
+    _m("10.2", PREC, "    signed = -1.0 if sign else 1.0\n", "    signed = 1.0\n", "sign ignored"),
+    _m("10.3", PREC, "rounded = torch.ldexp(torch.round(scaled), power - fmt.mantissa_bits)",
+       "rounded = torch.ldexp(torch.floor(scaled), power - fmt.mantissa_bits)", "truncation instead of rounding"),
+    _m("10.3", PREC, "rounded = torch.ldexp(torch.round(scaled), power - fmt.mantissa_bits)",
+       "rounded = torch.ldexp(torch.floor(scaled + 0.5), power - fmt.mantissa_bits)", "ties away from zero"),
+    _m("10.3", PREC, "power = torch.clamp(exponent - 1, min=limits.min_exponent)", "power = exponent - 1",
+       "no subnormals (full precision below the normal range)"),
+    _m("10.3", PREC, "rounded = torch.where(overflow, torch.full_like(rounded, math.inf), rounded)",
+       "rounded = torch.where(overflow, torch.full_like(rounded, limits.max), rounded)", "IEEE overflow saturates instead of inf"),
+    _m("10.3", PREC, "rounded = torch.where(overflow | torch.isinf(magnitude), torch.full_like(rounded, limits.max), rounded)",
+       "rounded = torch.where(overflow, torch.full_like(rounded, math.inf), rounded)", "E4M3 overflows to inf"),
+    _m("10.4", PREC, "if self.growth_tracker == self.growth_interval:", "if self.growth_tracker > self.growth_interval:",
+       "growth one step late (off by one)"),
+    _m("10.4", PREC, "                self._scale = self._scale * self.backoff_factor\n                self.growth_tracker = 0\n",
+       "                self._scale = self._scale * self.backoff_factor\n", "overflow does not restart the count"),
+    _m("10.4", PREC, "                        self._scale = grown\n                    self.growth_tracker = 0\n",
+       "                        self._scale = grown\n", "growth does not restart the count"),
+    _m("10.4", PREC, "        if self._found_inf:\n            return False\n        optimizer.step()", "        optimizer.step()",
+       "step taken despite an overflow"),
+    _m("10.4", PREC, "                p.grad.mul_(inverse.to(p.grad.dtype))", "                p.grad.mul_(self._scale.to(p.grad.dtype))",
+       "gradients multiplied by the scale"),
+    _m("10.5", PREC, "        full.grad = None if half.grad is None else half.grad.float()\n",
+       "        full.grad = None if half.grad is None else (half.grad / scale).float() * scale\n",
+       "unscaled in half precision (underflows again)"),
+    _m("10.5", PREC, "    if stepped:\n        master.copy_to_model()\n", "    pass\n", "master weights not copied back"),
+    _m("10.5", PREC, "    if stepped:\n        master.copy_to_model()\n", "    master.copy_to_model()\n", "a skipped step still copies"),
+    _m("10.5", PREC, "    if stepped:\n        master.copy_to_model()\n",
+       "    if stepped:\n        with torch.no_grad():\n            for h, f in zip(master.model_params, master.params):\n"
+       "                h.add_((f - h.float()).to(h.dtype))\n            for f, h in zip(master.params, master.model_params):\n"
+       "                f.copy_(h)\n", "update applied to the half weights (lost updates)"),
+    _m("10.6", PREC, '"master_weights": 4 * num_parameters if master_weights else 0,', '"master_weights": 0,', "master copy forgotten"),
+    _m("10.6", PREC, '"adam_m": 4 * num_parameters,', '"adam_m": half_bytes * num_parameters,', "moment kept in half precision"),
+    _m("10.7", CKPT10, "        with torch.no_grad():\n            return function(*args)", "        return function(*args)",
+       "forward keeps its graph"),
+    _m("10.7", CKPT10, "inputs.append(saved.detach().requires_grad_(saved.requires_grad))", "inputs.append(saved)",
+       "inputs not detached in the recompute"),
+    _m("10.7", CKPT10, "            torch.set_rng_state(ctx.rng_state)  # dropout draws the same mask again\n", "",
+       "random state not restored"),
+    _m("10.7", CKPT10, "        return (None, None, *grads)", "        return (None, None, *[None] * len(grads))",
+       "input gradients not returned"),
+    _m("10.8", CKPT10, "num_segments = math.isqrt(num_layers - 1) + 1  # ceil(sqrt(n))", "num_segments = math.isqrt(num_layers)",
+       "floor(sqrt(n)) segments"),
+    _m("10.8", CKPT10, "stop = start + size + (1 if i < longer else 0)", "stop = start + size + (longer if i == num_segments - 1 else 0)",
+       "remainder in the last segment"),
+    _m("10.8", CKPT10, "stop = start + size + (1 if i < longer else 0)", "stop = start + size",
+       "remainder lost"),
+    _m("10.9", CKPT10, "        if pointer not in self._holders:\n            self._holders[pointer] = 0\n",
+       "        if True:\n            self._holders[pointer] = self._holders.get(pointer, 0)\n", "views of one storage counted twice"),
+    _m("10.9", CKPT10, "        if pointer in self._excluded or nbytes == 0:", "        if nbytes == 0:", "parameters counted"),
+    _m("10.9", CKPT10, "        weakref.finalize(handle, self._release, pointer, nbytes)\n", "", "frees not subtracted"),
+    _m("10.9", CKPT10, "            self.peak = max(self.peak, self.live)\n", "            self.peak = self.live\n", "peak not kept"),
+)
+
+MUTANTS = MUTANTS + CHAPTER_10
