@@ -118,7 +118,7 @@ def reduce_scatter(output: Tensor, flat: Tensor, async_op: bool = False):
 
         course_reduce_scatter(output, list(flat.chunk(dist.get_world_size())), "sum")
         return _Done() if async_op else None
-    return dist.reduce_scatter_tensor(output, flat, async_op=async_op)
+    return getattr(dist, "reduce_scatter_single", dist.reduce_scatter_tensor)(output, flat, async_op=async_op)
 
 
 def all_gather(flat: Tensor, shard: Tensor, async_op: bool = False):
@@ -130,7 +130,7 @@ def all_gather(flat: Tensor, shard: Tensor, async_op: bool = False):
         pieces = list(flat.chunk(dist.get_world_size()))
         course_all_gather(pieces, shard.contiguous())
         return _Done() if async_op else None
-    return dist.all_gather_into_tensor(flat, shard, async_op=async_op)
+    return getattr(dist, "all_gather_single", dist.all_gather_into_tensor)(flat, shard, async_op=async_op)
 
 
 def broadcast(tensor: Tensor, src: int = 0, async_op: bool = False):
