@@ -241,7 +241,12 @@ def memory_and_traffic(strategy: str, package: str = "reference", global_batch: 
         course = volume.use_course_collectives() if step == 1 and course_collectives else contextlib.nullcontext()
         traffic = p2p.count_traffic() if step == 1 else contextlib.nullcontext()
         with counting as log, course, traffic as sent:
-            loss_of(wrapped, batch[rank * local : (rank + 1) * local]).backward()
+            loss = loss_of(wrapped, batch[rank * local : (rank + 1) * local])
+            if step == 1:
+                report = memory_per_rank(wrapped, optimizer)
+                out["after_forward"] = {"parameters": report.parameters, "gradients": report.gradients,
+                                        "optimizer_states": report.optimizer_states, "host": report.host}
+            loss.backward()
             if strategy == "ddp":
                 wrapped.finish_gradient_synchronization()
             if step == 1:

@@ -429,6 +429,10 @@ class ShardedModule(nn.Module):
             self._bind(root, None)
         return out
 
+    def gathered(self) -> list[Tensor]:
+        """The units' full parameters that are gathered right now (what stage 3 holds beyond its shards)."""
+        return [u["full"] for u in self._units if u["full"] is not None and u["full"].untyped_storage().nbytes() > 0]
+
     def full_parameters(self) -> dict[str, Tensor]:
         """{name: full value} of every trainable parameter, gathered from the shards (in the wrapped
         module's `named_parameters()` order; for checks and checkpoints, not for training)."""
@@ -471,7 +475,8 @@ def memory_per_rank(model: nn.Module, optimizer: torch.optim.Optimizer) -> Memor
     """Bytes of parameters, gradients and optimizer states that this rank holds right now.
 
     Counted from the tensors themselves: every storage reachable from the model's parameters
-    (with ZeroOptimizer, the flat padded buffers behind them; with ShardedModule, the shards), the
+    (with ZeroOptimizer, the flat padded buffers behind them; with ShardedModule, the shards and the
+    units gathered at the moment), the
     gradients of those and of the optimizer's shards, and every tensor in the optimizer's state
     (the inner optimizer's for ZeroOptimizer; offloaded master copies count as optimizer state).
     """
@@ -481,7 +486,8 @@ def memory_per_rank(model: nn.Module, optimizer: torch.optim.Optimizer) -> Memor
     host_ids = {id(t) for t in host}
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
-    params = _storage_bytes(trainable + frozen, seen)
+    gathered = model.gathered() if hasattr(model, "gathered") else []  # stage 3: full layers held now
+    params = _storage_bytes(trainable + frozen + gathered, seen)
     shard_params = [p for g in inner.param_groups for p in g["params"]]
     grads = _storage_bytes([p.grad for p in trainable + shard_params if p.grad is not None], seen)
     states = [t for s in inner.state.values() for t in s.values() if isinstance(t, Tensor) and t.dim() > 0]
