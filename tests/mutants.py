@@ -525,7 +525,53 @@ CHAPTER_4 = (
        "special tokens encoded as text"),
 )
 
-MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_4
+DDP = "reference/distributed/ddp.py"
+ZERO = "reference/distributed/zero.py"
+
+CHAPTER_8 = (
+    _m("8.1", DDP, "p.grad.div_(self.world_size)  # sum of g / n", "p.grad.div_(1)  # sum of g / n", "gradients summed, not averaged"),
+    _m("8.1", DDP, "        self._pending: list[tuple[Any, Tensor]] = []\n        broadcast_module(module)\n",
+       "        self._pending: list[tuple[Any, Tensor]] = []\n", "no broadcast at the start"),
+    _m("8.1", DDP, "        for handle, _ in self._pending:\n            handle.wait()\n        self._pending.clear()\n",
+       "        self._pending.clear()\n", "finish returns without waiting"),
+    _m("8.1", DDP, "                p.register_post_accumulate_grad_hook(self._reduce)\n",
+       "                p.register_post_accumulate_grad_hook(self._reduce)\n                p.register_post_accumulate_grad_hook(self._reduce)\n",
+       "hook registered twice"),
+    _m("8.2", DDP, "for p in reversed([p for p in module.parameters() if p.requires_grad]):",
+       "for p in [p for p in module.parameters() if p.requires_grad]:", "buckets filled in forward order"),
+    _m("8.2", DDP, "if bucket.ready == len(bucket.params):", "if bucket.ready == len(bucket.params) - 1:", "bucket launched one gradient early"),
+    _m("8.2", DDP, "                    offset += p.numel()\n", "", "unpacking offset not advanced"),
+    _m("8.2", DDP, "if bucket.handle is None and 0 < bucket.ready:", "if False:", "waiting buckets never reduced"),
+    _m("8.2", DDP, "bucket.buffer = torch.cat(grads).div_(self.world_size)", "bucket.buffer = torch.cat(grads)", "no averaging"),
+    _m("8.3", ZERO, "shard = max(1, math.ceil(total / world_size))", "shard = max(1, total // world_size)", "shard size rounded down"),
+    _m("8.3", ZERO, "    return offsets, shard, shard * world_size\n", "    return offsets, shard, total\n", "no padding"),
+    _m("8.3", ZERO, "        offsets.append(total)\n        total += n\n", "        total += n\n        offsets.append(total)\n", "offsets one tensor late"),
+    _m("8.4", ZERO, "grads = grad_bytes * psi / (n if stage >= 2 else 1)", "grads = grad_bytes * psi / (n if stage >= 1 else 1)",
+       "stage 1 counted as sharding gradients"),
+    _m("8.4", ZERO, "params = param_bytes * psi / (n if stage >= 3 else 1)", "params = param_bytes * psi / (n if stage >= 2 else 1)",
+       "stage 2 counted as sharding parameters"),
+    _m("8.4", ZERO, "states = k * psi / (n if stage >= 1 else 1)", "states = k * psi / n", "baseline optimizer state sharded"),
+    _m("8.5", ZERO, "passes = 3 if stage == 3 else 2", "passes = 2", "stage 3 counted like stage 2"),
+    _m("8.5", ZERO, "return passes * (world_size - 1) / world_size * psi * element_bytes", "return passes * psi * element_bytes",
+       "(n - 1) / n left out"),
+    _m("8.6", ZERO, "        return g.div_(world)\n", "        return g\n", "gradients summed, not averaged"),
+    _m("8.6", ZERO, "own = self.flat[rank * self.shard_size : (rank + 1) * self.shard_size]",
+       "own = self.flat[(rank + 1) % world * self.shard_size : ((rank + 1) % world + 1) * self.shard_size]", "another rank's shard"),
+    _m("8.6", ZERO, "                volume.all_gather(unit.flat, own)\n", "                pass\n", "updated shards never gathered"),
+    _m("8.6", ZERO, "            p.grad = None  # the full gradient is no longer needed", "            pass  # the full gradient is no longer needed",
+       "stage 2 keeps the full gradients"),
+    _m("8.6", ZERO, "                    self.inner.param_groups[index][key] = value\n", "                    pass\n",
+       "changed learning rate not passed on"),
+    _m("8.7", ZERO, "                    self._regather(unit, full)\n", "                    pass\n", "no gather before backward"),
+    _m("8.7", ZERO, "grad = full.grad.reshape(-1).div_(self.world_size)", "grad = full.grad.reshape(-1)", "gradients not averaged"),
+    _m("8.7", ZERO, "        full.untyped_storage().resize_(0)\n        tensors", "        tensors", "layers not freed after forward"),
+    _m("8.7", ZERO, "shard = nn.Parameter(flat[self.rank * shard_size : (self.rank + 1) * shard_size].clone())",
+       "shard = nn.Parameter(flat[:shard_size].clone())", "every rank keeps shard 0"),
+    _m("8.8", ZERO, "        if storage.nbytes() == 0 or key in seen:\n", "        if storage.nbytes() == 0:\n", "a shared storage counted twice"),
+    _m("8.8", ZERO, "    opt = _storage_bytes(states + masters, seen)\n", "    opt = _storage_bytes(masters, seen)\n", "optimizer state left out"),
+)
+
+MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_4 + CHAPTER_8
 
 
 PREC, CKPT10 = "reference/precision.py", "reference/checkpointing.py"

@@ -87,6 +87,14 @@ class Chapter:
         return f"chapters/{self.number:02d}_{self.slug}.ipynb"
 
 
+# Chapter 8: torch's own data parallelism and sharding, and the collectives called past the course's
+# counted ones (reference.distributed.volume), would make the exercises trivial or their byte counts wrong
+DATA_PARALLEL_LIBRARY = COLLECTIVES_LIBRARY + (
+    "torch.nn.parallel", "torch.distributed.fsdp", "torch.distributed.optim", "torch.distributed._composable",
+    "torch.distributed.tensor", "torch.distributed._tensor",
+)  # fmt: skip
+
+
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(
         number=0,
@@ -223,6 +231,24 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("7.10", "all-to-all", "distributed.collectives", "all_to_all", points=5, refused=COLLECTIVES_LIBRARY),
         ),
         tests=("tests/test_collectives.py",),
+    ),
+    Chapter(
+        number=8,
+        slug="data_parallel_zero",
+        title="Data parallelism and ZeRO",
+        survey_section="2.4(a) Data Parallel and ZeRO, 2.4(c) Offloading, 2.4(d) Overlapping",
+        modules=("distributed.ddp", "distributed.zero", "distributed.volume", "distributed.dp_training"),
+        exercises=(
+            Exercise("8.1", "DDP with one all-reduce per parameter", "distributed.ddp", "DDPIndividualParameters", points=5, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.2", "bucketed DDP", "distributed.ddp", "DDPBucketed", points=7, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.3", "flat shards with padding", "distributed.zero", "flat_shard_layout", points=2),
+            Exercise("8.4", "ZeRO memory per rank", "distributed.zero", "zero_memory_bytes", points=2),
+            Exercise("8.5", "ZeRO communication per rank", "distributed.zero", "zero_communication_bytes", points=2),
+            Exercise("8.6", "ZeRO stages 1 and 2 (and offloading)", "distributed.zero", "ZeroOptimizer", points=9, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.7", "ZeRO stage 3 (sharded parameters)", "distributed.zero", "ShardedModule", points=10, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.8", "memory per rank, counted from the tensors", "distributed.zero", "memory_per_rank", points=4),
+        ),
+        tests=("tests/test_data_parallel.py", "tests/test_zero.py"),
     ),
     Chapter(
         number=10,
