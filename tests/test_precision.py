@@ -303,6 +303,7 @@ def test_tiny_gradients_survive_scaling_and_are_unscaled_in_float32(impl):
     """A gradient of 1e-8 (below fp16's 6e-8 subnormal) becomes 2^16 * 1e-8 in fp16, then exactly 1e-8-ish in fp32."""
     p = impl.precision
     model = torch.nn.Linear(4, 1, bias=False)
+    torch.nn.init.zeros_(model.weight)  # from 0 the update of 1e-8 is not rounded away in float32
     master = p.MasterWeights(model, torch.float16)
     optimizer = torch.optim.SGD(master.params, lr=1.0)
     before = master.params[0].detach().clone()
@@ -311,8 +312,8 @@ def test_tiny_gradients_survive_scaling_and_are_unscaled_in_float32(impl):
     result = p.mixed_precision_step(master, optimizer, loss_fn, p.LossScaler(2.0**16))
     change = before - master.params[0].detach()
     assert result.stepped and result.scale == 2.0**16
-    assert torch.allclose(change, torch.full_like(change, 1e-8), rtol=2e-3), change
-    unscaled = impl.precision.MasterWeights(torch.nn.Linear(4, 1, bias=False), torch.float16)
+    assert torch.allclose(change, torch.full_like(change, 1e-8), rtol=2e-3, atol=0.0), change
+    unscaled = impl.precision.MasterWeights(torch.nn.Linear(4, 1, bias=False).requires_grad_(True), torch.float16)
     before = unscaled.params[0].detach().clone()
     p.mixed_precision_step(unscaled, torch.optim.SGD(unscaled.params, lr=1.0), loss_fn, None)
     assert torch.equal(before, unscaled.params[0].detach()), "without a scale the gradient flushes to zero"
