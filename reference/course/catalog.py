@@ -255,7 +255,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         slug="mixed_precision_memory",
         title="Mixed precision, activation checkpointing and overlapping",
         survey_section="2.4(b) Mixed Precision Training, 2.4(d) Overlapping, 2.4(e) Checkpoint",
-        modules=("precision", "checkpointing"),
+        modules=("precision", "checkpointing", "overlap"),
         exercises=(
             Exercise("10.1", "range and precision of a float format", "precision", "format_limits", points=3, refused=("torch.finfo", "numpy.finfo")),
             Exercise("10.2", "decode a bit pattern", "precision", "decode", points=4, refused=(".view", "struct", "numpy.frombuffer")),
