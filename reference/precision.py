@@ -531,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     result = compare_training(args.steps, args.batch_size, args.seq_len, seed=args.seed, init_scale=args.init_scale)
     result["command"] = (f"python -m reference.precision --steps {args.steps} --batch-size {args.batch_size} "
-                         f"--seq-len {args.seq_len} --seed {args.seed} --init-scale {args.init_scale:g}")
+                         f"--seq-len {args.seq_len} --seed {args.seed} --init-scale {args.init_scale!r}")
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["machine"] = machine_info("cpu")
     write_json(args.out, result)
