@@ -89,6 +89,13 @@ class Chapter:
 
 TENSOR_PARALLEL_LIBRARY = ("torch.distributed.tensor", "torch.distributed._tensor", "torch.distributed.nn",
                            "torch.distributed._functional_collectives")  # Chapter 9: DTensor would do the sharding
+# Chapter 8: torch's own data parallelism and sharding, and the collectives called past the course's
+# counted ones (reference.distributed.volume), would make the exercises trivial or their byte counts wrong
+DATA_PARALLEL_LIBRARY = COLLECTIVES_LIBRARY + (
+    "torch.nn.parallel", "torch.distributed.fsdp", "torch.distributed.optim", "torch.distributed._composable",
+    "torch.distributed.tensor", "torch.distributed._tensor",
+)  # fmt: skip
+
 
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(
@@ -272,6 +279,44 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("9.9", "bubble fraction from a timeline", "distributed.pipeline", "bubble_fraction", points=3),
         ),
         tests=("tests/test_tensor_parallel.py", "tests/test_pipeline.py"),
+    ),
+    Chapter(
+        number=8,
+        slug="data_parallel_zero",
+        title="Data parallelism and ZeRO",
+        survey_section="2.4(a) Data Parallel and ZeRO, 2.4(c) Offloading, 2.4(d) Overlapping",
+        modules=("distributed.ddp", "distributed.zero", "distributed.volume", "distributed.dp_training"),
+        exercises=(
+            Exercise("8.1", "DDP with one all-reduce per parameter", "distributed.ddp", "DDPIndividualParameters", points=5, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.2", "bucketed DDP", "distributed.ddp", "DDPBucketed", points=7, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.3", "flat shards with padding", "distributed.zero", "flat_shard_layout", points=2),
+            Exercise("8.4", "ZeRO memory per rank", "distributed.zero", "zero_memory_bytes", points=2),
+            Exercise("8.5", "ZeRO communication per rank", "distributed.zero", "zero_communication_bytes", points=2),
+            Exercise("8.6", "ZeRO stages 1 and 2 (and offloading)", "distributed.zero", "ZeroOptimizer", points=9, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.7", "ZeRO stage 3 (sharded parameters)", "distributed.zero", "ShardedModule", points=10, refused=DATA_PARALLEL_LIBRARY),
+            Exercise("8.8", "memory per rank, counted from the tensors", "distributed.zero", "memory_per_rank", points=4),
+        ),
+        tests=("tests/test_data_parallel.py", "tests/test_zero.py"),
+    ),
+    Chapter(
+        number=10,
+        slug="mixed_precision_memory",
+        title="Mixed precision, activation checkpointing and overlapping",
+        survey_section="2.4(b) Mixed Precision Training, 2.4(d) Overlapping, 2.4(e) Checkpoint",
+        modules=("precision", "checkpointing", "overlap"),
+        exercises=(
+            Exercise("10.1", "range and precision of a float format", "precision", "format_limits", points=3, refused=("torch.finfo", "numpy.finfo")),
+            Exercise("10.2", "decode a bit pattern", "precision", "decode", points=4, refused=(".view", "struct", "numpy.frombuffer")),
+            Exercise("10.3", "round into a format (ties to even)", "precision", "round_to_format", points=6,
+                     refused=(".to", ".half", ".bfloat16", ".float", ".type", "torch.Tensor.to", "numpy.float16")),
+            Exercise("10.4", "static and dynamic loss scaler", "precision", "LossScaler", points=5, refused=("torch.amp", "torch.cuda.amp", "torch._amp*")),
+            Exercise("10.5", "mixed-precision step with fp32 master weights", "precision", "mixed_precision_step", points=6, refused=("torch.amp", "torch.cuda.amp", "torch.autocast")),
+            Exercise("10.6", "memory of mixed-precision Adam", "precision", "adam_memory_bytes", points=1),
+            Exercise("10.7", "recompute-in-backward checkpoint", "checkpointing", "checkpoint", points=7, refused=("torch.utils.checkpoint",)),
+            Exercise("10.8", "sqrt(n) segments", "checkpointing", "segment_boundaries", points=2),
+            Exercise("10.9", "saved-activation meter", "checkpointing", "SavedTensorMeter", points=5),
+        ),
+        tests=("tests/test_precision.py", "tests/test_checkpointing.py"),
     ),
 )
 CHAPTERS = tuple(sorted(CHAPTERS, key=lambda ch: ch.number))  # each engineer appends a chapter; the course reads them in order
