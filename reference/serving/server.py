@@ -399,7 +399,8 @@ class Server:
 
 def serve(model: str = "smollm2-135m-instruct", *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
           api_key: str | None = None, num_blocks: int | None = None, max_num_seqs: int = 16) -> None:  # fmt: skip
-    """Load a course model and serve it until interrupted (what `llm-course serve` runs)."""
+    """Load a course model and serve it until interrupted (what `llm-course serve` runs); the KV
+    cache gets `num_blocks` blocks of 16 tokens, by default as many as fit in 512 MiB."""
     import uvicorn
 
     from reference.pretrained import load_pretrained
@@ -407,6 +408,10 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = DEFAULT_HOST, por
 
     lm, tokenizer = load_pretrained(model)
     lm = lm.to(pick_device())
+    if num_blocks is None:  # 512 MiB of keys and values, whatever the model
+        cfg = lm.config
+        per_block = 2 * cfg["num_layers"] * 16 * (cfg.get("num_kv_heads") or cfg["num_heads"]) * (cfg["d_model"] // cfg["num_heads"])
+        num_blocks = max(1, (512 << 20) // (per_block * next(lm.parameters()).element_size()))
     engine = LLMEngine(lm, tokenizer, num_blocks=num_blocks, max_num_seqs=max_num_seqs)
     print(f"serving {model} at http://{host}:{port}/v1 (OpenAI-compatible); Ctrl-C stops")
     uvicorn.run(create_app(engine, model, api_key=api_key), host=host, port=port, log_level="info")
