@@ -35,12 +35,13 @@ DEFAULT_OUT = "chapters/results/16_serving.json"
 
 def workload(num_requests: int, context: int, vocab: int, seed: int = 0) -> list[tuple[list[int], int]]:
     """(prompt ids, max_tokens) pairs of mixed lengths: prompts 8 .. context/2, outputs drawn
-    log-uniformly between 4 and what the context leaves (most short, a few long, as in chat)."""
+    log-uniformly between 4 and context/2 (most short, a few long, as in chat), so that any
+    prompt and any output fit one context together (what a static batch needs)."""
     rng = random.Random(seed)
     work = []
     for _ in range(num_requests):
         prompt = rng.randint(8, context // 2)
-        longest = context - prompt
+        longest = context // 2
         out = int(round(4 * (longest / 4) ** rng.random()))
         work.append(([rng.randrange(4, vocab) for _ in range(prompt)], max(1, min(out, longest))))
     return work
