@@ -134,6 +134,19 @@ def test_schedule_preempts_the_youngest_and_prefers_swapped(impl):
 
 @pytest.mark.exercise("16.7")
 @pytest.mark.points(1)
+def test_schedule_preempts_the_youngest_of_several(impl):
+    sch = _scheduler(impl, blocks=6)
+    groups = [_group("a", 8, 0), _group("b", 8, 1), _group("c", 8, 2)]
+    for g in groups:
+        sch.add(g)
+    sch.schedule()
+    _decode(groups)
+    out = sch.schedule()  # a needs a block, none is free: c goes, b stays
+    assert out.preempted[0] is groups[2] and groups[1] in out.decodes
+
+
+@pytest.mark.exercise("16.7")
+@pytest.mark.points(1)
 def test_schedule_counts_prefix_hits(impl):
     sch = _scheduler(impl, blocks=10)
     a = _group("a", 10, 0)
