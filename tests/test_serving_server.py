@@ -113,8 +113,8 @@ def test_api_key(model_and_tokenizer):
         assert httpx.get(srv.url + "/v1/models").status_code == 401
         good = openai.OpenAI(base_url=srv.url + "/v1", api_key="sekrit", max_retries=0)
         assert good.completions.create(model=MODEL, prompt="Hi", max_tokens=2).usage.completion_tokens == 2
-    threads = {t.name for t in threading.enumerate()}
-    assert "uvicorn" not in threads or srv._thread not in threading.enumerate()
+    assert not srv._thread.is_alive() and not srv.app.state.loop.alive  # clean shutdown: no thread left
+    assert not any(t in threading.enumerate() for t in (srv._thread, srv.app.state.loop._thread))
 
 
 def test_load_50_clients_some_disconnecting(server, client):
