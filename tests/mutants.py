@@ -767,4 +767,62 @@ CHAPTER_10 = (
 )
 
 
-MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_13
+
+SRV_B = "reference/serving/blocks.py"
+SRV_A = "reference/serving/paged_attention.py"
+SRV_S = "reference/serving/scheduler.py"
+
+CHAPTER_16 = (
+    _m("16.1", SRV_B, "return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]",
+       "return [block_table[p // block_size] + p % block_size for p in range(start, end)]", "block id not scaled by the block size"),
+    _m("16.1", SRV_B, "return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]",
+       "return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end + 1)]", "one position too many"),
+    _m("16.1", SRV_B, "    if end > len(block_table) * block_size:\n", "    if end > len(block_table) * block_size + block_size:\n",
+       "positions past the table accepted"),
+    _m("16.2", SRV_B, "previous = hash((previous, tuple(token_ids[i * block_size : (i + 1) * block_size])))",
+       "previous = hash(tuple(token_ids[i * block_size : (i + 1) * block_size]))", "key ignores the prefix"),
+    _m("16.2", SRV_B, "for i in range(len(token_ids) // block_size):", "for i in range(-(-len(token_ids) // block_size)):",
+       "partial last block hashed"),
+    _m("16.2", SRV_B, "previous = hash((previous, tuple(token_ids[i * block_size : (i + 1) * block_size])))",
+       "previous = hash((parent_hash, tuple(token_ids[i * block_size : (i + 1) * block_size])))", "chain not carried"),
+    _m("16.3", SRV_B, "        if self._refcounts[block] == 0:\n            self._free.append(block)\n            return True\n",
+       "        if self._refcounts[block] <= 1:\n            self._free.append(block)\n            return True\n", "freed while still shared"),
+    _m("16.3", SRV_B, "        if self._refcounts[block] == 0:\n            raise ValueError(f\"block {block} of the {self.name} pool is free",
+       "        if self._refcounts[block] < 0:\n            raise ValueError(f\"block {block} of the {self.name} pool is free", "double free accepted"),
+    _m("16.3", SRV_B, "        block = self._free.popleft()\n        self._refcounts[block] = 1\n",
+       "        block = self._free[0]\n        self._refcounts[block] = 1\n", "allocated block left in the free list"),
+    _m("16.3", SRV_B, "        if not self._free:\n            raise NoFreeBlocksError(", "        if False:\n            raise NoFreeBlocksError(",
+       "no clear error on exhaustion"),
+    _m("16.4", SRV_A, "slots = blocks * block_size + positions % block_size", "slots = blocks + positions % block_size",
+       "block id not scaled"),
+    _m("16.4", SRV_A, "    states = torch.where(valid[:, :, None, None], states, torch.zeros((), dtype=cache.dtype, device=cache.device))\n",
+       "", "positions past the length not zeroed"),
+    _m("16.4", SRV_A, "blocks = block_tables.to(cache.device)[:, positions // block_size]",
+       "blocks = block_tables.to(cache.device)[:, positions % block_tables.shape[1]]", "logical block from the wrong arithmetic"),
+    _m("16.5", SRV_A, "scale = head_dim**-0.5 if scale is None else scale", "scale = 1.0 if scale is None else scale", "no 1/sqrt(d) scale"),
+    _m("16.5", SRV_A, "query_pos = (context_lens - query_lens)[:, None] + i", "query_pos = context_lens[:, None] - 1 + 0 * i",
+       "every query sees the whole context (not causal)"),
+    _m("16.5", SRV_A, "allowed = (keys[None, None, :] <= query_pos[:, :, None]) &",
+       "allowed = (keys[None, None, :] < query_pos[:, :, None]) &", "a query cannot see itself"),
+    _m("16.5", SRV_A, "return softmax(scores, dim=-1) @ v", "return torch.softmax(scores, dim=-1).nan_to_num(0.0) @ v.flip(1)",
+       "key/value heads mismatched"),
+    _m("16.6", SRV_S, "        if self.preemption_mode == \"swap\" and self.block_manager.can_swap_out(",
+       "        if self.preemption_mode == \"swap\" or self.block_manager.can_swap_out(", "swaps without room on the host"),
+    _m("16.6", SRV_S, "            self._recompute(group)\n            out.preempted.append(group)\n",
+       "            out.preempted.append(group)\n", "recomputed group keeps its blocks"),
+    _m("16.6", SRV_S, "        if self.preemption_mode == \"swap\" and self.block_manager.can_swap_out(",
+       "        if False and self.block_manager.can_swap_out(", "never swaps"),
+    _m("16.7", SRV_S, "                self.preempt(queue.pop(), out)  # the youngest goes first",
+       "                self.preempt(queue.popleft(), out)  # the youngest goes first", "preempts the oldest"),
+    _m("16.7", SRV_S, "        while not preempted and not self.swapped and self.waiting:",
+       "        while self.waiting:", "waiting admitted ahead of swapped and after preemption"),
+    _m("16.7", SRV_S, "                or manager.num_free_blocks - self.blocks_to_admit(group) < manager.watermark_blocks):  # fmt: skip\n                break\n            self.waiting.popleft()",
+       "                or manager.num_free_blocks - self.blocks_to_admit(group) < manager.watermark_blocks):  # fmt: skip\n                self.waiting.rotate(-1)\n                if self.waiting[0] is group:\n                    break\n                continue\n            self.waiting.popleft()",
+       "skips the oldest waiting group (not FCFS)"),
+    _m("16.7", SRV_S, "                seq.num_computed = manager.allocate(seq.seq_id, seq.tokens)",
+       "                manager.allocate(seq.seq_id, seq.tokens)", "prefix hits not counted as computed"),
+    _m("16.7", SRV_S, "            budget -= cost\n", "", "token budget ignored for prefills"),
+)
+
+
+MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_13 + CHAPTER_16

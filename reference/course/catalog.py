@@ -318,6 +318,24 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
         tests=("tests/test_precision.py", "tests/test_checkpointing.py"),
     ),
+    Chapter(
+        number=16,
+        slug="paged_attention_serving",
+        title="PagedAttention and serving",
+        survey_section="3.4 PagedAttention, 3.5 Inference Frameworks, 4 Utilization",
+        modules=("serving.blocks", "serving.paged_attention", "serving.scheduler", "serving.engine", "serving.server"),
+        exercises=(
+            Exercise("16.1", "slot mapping through a block table", "serving.blocks", "slot_mapping", points=2),
+            Exercise("16.2", "chained prefix hashes of full blocks", "serving.blocks", "block_hashes", points=2),
+            Exercise("16.3", "block pool with reference counts", "serving.blocks", "BlockAllocator", points=4),
+            Exercise("16.4", "gather keys/values through block tables", "serving.paged_attention", "gather_kv", points=3),
+            Exercise("16.5", "paged attention (decode and prefill)", "serving.paged_attention", "paged_attention", points=5,
+                     refused=SDPA_LIBRARY),
+            Exercise("16.6", "preemption by recomputation or swapping", "serving.scheduler", "Scheduler.preempt", points=4),
+            Exercise("16.7", "iteration-level FCFS scheduling", "serving.scheduler", "Scheduler.schedule", points=7),
+        ),
+        tests=("tests/test_serving_blocks.py", "tests/test_serving_attention.py", "tests/test_serving_scheduler.py"),
+    ),
 )
 CHAPTERS = tuple(sorted(CHAPTERS, key=lambda ch: ch.number))  # each engineer appends a chapter; the course reads them in order
 

@@ -128,6 +128,15 @@ def _sampling_options(command: argparse.ArgumentParser, model: str | None, max_n
     command.add_argument("--device", default=None, help="cpu, cuda, ... (default: the GPU when there is one)")  # fmt: skip
 
 
+def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """`llm-course serve`: Chapter 16's engine behind OpenAI's API (reference.serving.server)."""
+    from reference.serving.server import serve
+
+    serve(args.model, host=args.host, port=args.port, api_key=args.api_key, num_blocks=args.num_blocks,
+          max_num_seqs=args.max_num_seqs)  # fmt: skip
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llm-course", description="Understanding LLMs: the course's command line.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     chatting.add_argument("--system", default=None, help="a system prompt")
     _sampling_options(chatting, "smollm2-135m-instruct", 256, 0.7, 0.9)
     chatting.set_defaults(run=cmd_chat)
+    serving = sub.add_parser("serve", help="an OpenAI-compatible HTTP server on localhost (Chapter 16)")
+    serving.add_argument("--model", default="smollm2-135m-instruct", help="a course model (default: smollm2-135m-instruct)")
+    serving.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serving.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    serving.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (else 401)")
+    serving.add_argument("--num-blocks", type=int, default=None, help="KV cache blocks of 16 tokens (default: as many as fit in 512 MiB)")
+    serving.add_argument("--max-num-seqs", type=int, default=16, help="most sequences per step (default: 16)")
+    serving.set_defaults(run=cmd_serve)
     # `pretrain` is handed to the trainer's own parser by `main` (its options: llm-course pretrain --help)
     sub.add_parser("pretrain", help="pre-train a language model from a JSON config (Chapter 6)", add_help=False)
     # `evaluate` is handed to reference.evaluation.run by `main` (its options: llm-course evaluate --help)

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from reference.attention import causal_mask
+from reference.inference.sampling import top_k_filter, top_p_filter
 
 OVERFLOW = ("error", "slide")
 
@@ -181,27 +182,6 @@ def check_sampling(temperature: float, top_k: int | None, top_p: float | None) -
             raise TypeError(f"top_p must be a number, got {top_p!r}")
         if not 0 < top_p <= 1:  # also refuses NaN
             raise ValueError(f"top_p must lie in (0, 1], got {top_p!r}")
-
-
-def top_k_filter(logits: Tensor, k: int) -> Tensor:
-    """Keep the k largest logits of each row (ties with the k-th kept too), -inf elsewhere; (..., vocab)."""
-    k = min(k, logits.shape[-1])
-    kth = torch.topk(logits, k, dim=-1).values[..., -1:]  # (..., 1)
-    return logits.masked_fill(logits < kth, float("-inf"))
-
-
-def top_p_filter(logits: Tensor, p: float) -> Tensor:
-    """Nucleus filtering: keep the smallest set of most probable tokens whose probability sums to >= p.
-
-    Sort each row by decreasing probability; a token stays if the probability of the tokens before
-    it is still < p (so the most probable token always stays). -inf elsewhere; (..., vocab).
-    """
-    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    probs = torch.softmax(sorted_logits.float(), dim=-1)
-    mass_before = probs.cumsum(dim=-1) - probs  # (..., vocab), probability of the more probable tokens
-    remove_sorted = mass_before >= p
-    remove = remove_sorted.scatter(-1, order, remove_sorted)  # back to vocabulary order
-    return logits.masked_fill(remove, float("-inf"))
 
 
 def next_token_probs(logits: Tensor, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tensor:

@@ -1,0 +1,1 @@
+"""Exercises of Chapter 16: your twins of `reference.serving` modules (blocks, paged_attention, scheduler)."""
