@@ -21,7 +21,7 @@ import torch
 from scipy import stats
 
 from reference.inference import generate
-from reference.inference.speculative import PromptLookupDraft, TruncatedDraft, speculative_generate
+from reference.inference.speculative import PromptLookupDraft, TruncatedDraft
 from reference.models.llama import TransformerLM
 
 
@@ -82,7 +82,7 @@ def test_greedy_speculative_equals_greedy_decoding(impl, draft):
     prompt = [1, 2, 3, 4, 5, 1, 2, 3, 9, 9, 1, 2]
     expected = generate(model, [prompt], 40).new_tokens[0]
     d = PromptLookupDraft() if draft == "lookup" else TruncatedDraft(model, 2)
-    result = speculative_generate(model, d, prompt, 40, k=4)
+    result = impl.inference.speculative.speculative_generate(model, d, prompt, 40, k=4)
     assert result.tokens == expected
     assert result.target_forwards < 40 and 0 < result.acceptance_rate <= 1
 
@@ -100,6 +100,7 @@ def test_speculative_sampling_matches_the_target_joint_distribution(impl):
     g = torch.Generator().manual_seed(0)
     counts = torch.zeros(25)
     for _ in range(700):
-        a, b = speculative_generate(model, draft, prompt, 2, k=2, temperature=1.0, generator=g).tokens
+        a, b = impl.inference.speculative.speculative_generate(model, draft, prompt, 2, k=2, temperature=1.0,
+                                                               generator=g).tokens
         counts[a * 5 + b] += 1
     assert _chi2_ok(counts, joint)
