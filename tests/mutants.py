@@ -525,6 +525,48 @@ CHAPTER_4 = (
        "special tokens encoded as text"),
 )
 
+TP = "reference/distributed/tensor_parallel.py"
+PP = "reference/distributed/pipeline.py"
+
+CHAPTER_9 = (
+    _m("9.1", TP, "        ctx.group, ctx.comm = group, comm\n        return x.view_as(x)",
+       "        ctx.group, ctx.comm = group, comm\n        return all_reduce(x, group, comm)", "f all-reduces in the forward too"),
+    _m("9.1", TP, "return all_reduce(grad, ctx.group, ctx.comm), None, None", "return grad, None, None", "f's backward does not reduce"),
+    _m("9.2", TP, "    def forward(ctx: Any, x: Tensor, group: dist.ProcessGroup | None, comm: str) -> Tensor:\n        return all_reduce(x, group, comm)",
+       "    def forward(ctx: Any, x: Tensor, group: dist.ProcessGroup | None, comm: str) -> Tensor:\n        return x.view_as(x)", "g without the reduce"),
+    _m("9.2", TP, "        return grad, None, None\n", "        return grad * dist.get_world_size(), None, None\n", "g reduces the gradient too (t times)"),
+    _m("9.3", TP, 'layer.weight = _shard(linear.weight, 0, layer.group, "weight")', 'layer.weight = _shard(linear.weight, 1, layer.group, "weight")',
+       "column shard along the input dim"),
+    _m("9.3", TP, "        if self.copy_input:\n            x = copy_to_parallel(x, self.group, self.comm)\n",
+       "        if False:\n            x = copy_to_parallel(x, self.group, self.comm)\n", "f left out: input gradient of one rank's columns"),
+    _m("9.3", TP, 'layer.bias = None if linear.bias is None else _shard(linear.bias, 0, layer.group, "bias")',
+       "layer.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone())", "bias not split"),
+    _m("9.4", TP, 'layer.weight = _shard(linear.weight, 1, layer.group, "weight")', 'layer.weight = _shard(linear.weight, 0, layer.group, "weight")',
+       "row shard along the output dim"),
+    _m("9.4", TP, "z = reduce_from_parallel(F.linear(x, self.weight), self.group, self.comm)\n        return z if self.bias is None else z + self.bias",
+       "z = reduce_from_parallel(F.linear(x, self.weight, self.bias), self.group, self.comm)\n        return z", "bias added before the reduce (t times)"),
+    _m("9.4", TP, "z = reduce_from_parallel(F.linear(x, self.weight), self.group, self.comm)", "z = F.linear(x, self.weight)", "partial products not summed"),
+    _m("9.5", TP, ".masked_fill(outside.unsqueeze(-1), 0.0)", "", "foreign ids not zeroed"),
+    _m("9.5", TP, "        self.start = rank * (num_embeddings // size)\n", "        self.start = rank * (num_embeddings // size) + rank\n", "shard offset wrong"),
+    _m("9.5", TP, "outside = (token_ids < self.start) | (token_ids >= self.end)", "outside = token_ids >= self.end", "ids below the shard not masked"),
+    _m("9.6", TP, 'top = all_reduce(logits.max(dim=-1).values, group, comm, op="max")', "top = logits.max(dim=-1).values", "rank-local max"),
+    _m("9.6", TP, "picked = all_reduce(picked, group, comm)", "picked = picked", "target logit not reduced"),
+    _m("9.6", TP, "        g.scatter_add_(-1, local.unsqueeze(-1), -(~outside).to(g.dtype).unsqueeze(-1))", "        pass",
+       "gradient without the one-hot"),
+    _m("9.7", PP, '    return [("F", i) for i in range(num_microbatches)] + [("B", i) for i in range(num_microbatches)]',
+       '    return [("F", i) for i in range(num_microbatches)] + [("B", i) for i in reversed(range(num_microbatches))]', "backwards in reverse order"),
+    _m("9.7", PP, '    return [("F", i) for i in range(num_microbatches)] + [("B", i) for i in range(num_microbatches)]',
+       '    return [x for i in range(num_microbatches) for x in (("F", i), ("B", i))]', "forward and backward interleaved"),
+    _m("9.8", PP, "warmup = min(num_stages - stage - 1, num_microbatches)", "warmup = min(num_stages - stage, num_microbatches)", "warm-up one too long"),
+    _m("9.8", PP, "warmup = min(num_stages - stage - 1, num_microbatches)", "warmup = min(num_stages - 1, num_microbatches)", "same warm-up on every stage"),
+    _m("9.8", PP, '    order += [("B", i) for i in range(num_microbatches - warmup, num_microbatches)]\n', "", "cool-down missing"),
+    _m("9.9", PP, "return 1.0 - busy / (p * makespan)", "return (p * makespan - busy) / busy", "bubble over the busy time"),
+    _m("9.9", PP, "makespan = max(e.end for e in events) - min(e.start for e in events)", "makespan = max(e.end for e in events)",
+       "makespan from time zero"),
+    _m("9.9", PP, "p = len({e.rank for e in events}) if num_stages is None else num_stages", "p = len(events) if num_stages is None else num_stages",
+       "events counted as stages"),
+)
+
 GEN, SAMP, FLASH = "reference/inference/generate.py", "reference/inference/sampling.py", "reference/inference/flash.py"
 SPEC, BEAM = "reference/inference/speculative.py", "reference/inference/beam.py"
 
@@ -584,4 +626,4 @@ CHAPTER_15 = (
     _m("15.10", BEAM, "        _reorder(cache, torch.tensor([rows[r] for r in live], device=device))", "        pass", "cache not reordered"),
 )
 
-MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_4 + CHAPTER_15
+MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_4 + CHAPTER_9 + CHAPTER_15

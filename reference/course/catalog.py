@@ -87,6 +87,9 @@ class Chapter:
         return f"chapters/{self.number:02d}_{self.slug}.ipynb"
 
 
+TENSOR_PARALLEL_LIBRARY = ("torch.distributed.tensor", "torch.distributed._tensor", "torch.distributed.nn",
+                           "torch.distributed._functional_collectives")  # Chapter 9: DTensor would do the sharding
+
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter(
         number=0,
@@ -223,6 +226,25 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("7.10", "all-to-all", "distributed.collectives", "all_to_all", points=5, refused=COLLECTIVES_LIBRARY),
         ),
         tests=("tests/test_collectives.py",),
+    ),
+    Chapter(
+        number=9,
+        slug="model_parallel",
+        title="Model parallelism: tensor and pipeline",
+        survey_section="2.4(a) Model and Pipeline Parallel, 3.3 Parallel Computing",
+        modules=("distributed.tensor_parallel", "distributed.pipeline"),
+        exercises=(
+            Exercise("9.1", "f: identity forward, all-reduce backward", "distributed.tensor_parallel", "CopyToParallel", points=3, refused=TENSOR_PARALLEL_LIBRARY),
+            Exercise("9.2", "g: all-reduce forward, identity backward", "distributed.tensor_parallel", "ReduceFromParallel", points=3, refused=TENSOR_PARALLEL_LIBRARY),
+            Exercise("9.3", "column-parallel linear", "distributed.tensor_parallel", "ColumnParallelLinear", points=5, refused=TENSOR_PARALLEL_LIBRARY),
+            Exercise("9.4", "row-parallel linear", "distributed.tensor_parallel", "RowParallelLinear", points=5, refused=TENSOR_PARALLEL_LIBRARY),
+            Exercise("9.5", "vocabulary-parallel embedding", "distributed.tensor_parallel", "VocabParallelEmbedding", points=4, refused=TENSOR_PARALLEL_LIBRARY),
+            Exercise("9.6", "vocabulary-parallel cross-entropy", "distributed.tensor_parallel", "VocabParallelCrossEntropy", points=6, refused=TENSOR_PARALLEL_LIBRARY + CROSS_ENTROPY + SOFTMAX),
+            Exercise("9.7", "GPipe schedule", "distributed.pipeline", "gpipe_order", points=2),
+            Exercise("9.8", "1F1B (PipeDream-Flush) schedule", "distributed.pipeline", "one_f_one_b_order", points=5, refused=("torch.distributed.pipelining",)),
+            Exercise("9.9", "bubble fraction from a timeline", "distributed.pipeline", "bubble_fraction", points=3),
+        ),
+        tests=("tests/test_tensor_parallel.py", "tests/test_pipeline.py"),
     ),
     Chapter(
         number=15,

@@ -1,0 +1,297 @@
+"""Exercises for Chapter 9: pipeline schedules and their bubble.
+
+Fill in each body that raises NotImplementedError. The rest (stages, Delay, run_pipeline, which
+runs your schedules on real processes) is an exact copy of the reference. Grade with
+`llm-course grade 9`. Mirrors `reference/distributed/pipeline.py`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from reference.attention import causal_mask
+from reference.distributed import p2p
+
+SCHEDULE_NAMES = ("gpipe", "1f1b")
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedules: the order of forwards and backwards on one stage
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_pipeline(num_stages: int, num_microbatches: int, stage: int) -> None:
+    for name, value in (("num_stages", num_stages), ("num_microbatches", num_microbatches)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage < num_stages:
+        raise ValueError(f"stage must be an int in [0, {num_stages}), got {stage!r}")
+
+
+def gpipe_order(num_stages: int, num_microbatches: int, stage: int) -> list[tuple[str, int]]:
+    """GPipe's actions on `stage`: [("F", 0), ..., ("F", m - 1), ("B", 0), ..., ("B", m - 1)].
+
+    Huang et al., 2019: every micro-batch goes forward through the pipeline, then every one backward.
+    """
+    # Hint: every forward first, then every backward, both in micro-batch order.
+    raise NotImplementedError("Exercise 9.7: GPipe schedule")
+
+
+def one_f_one_b_order(num_stages: int, num_microbatches: int, stage: int) -> list[tuple[str, int]]:
+    """1F1B (PipeDream-Flush) actions on `stage` of `num_stages`, for `num_microbatches` micro-batches.
+
+    Warm-up: w = min(p - stage - 1, m) forwards F_0 .. F_{w-1}; steady state: for i = 0 .. m - w - 1,
+    F_{w+i} then B_i; cool-down: the backwards B_{m-w} .. B_{m-1}. Backwards run in micro-batch
+    order, each as early as the schedule allows, so at most w + 1 <= p micro-batches are stashed.
+    Narayanan et al., 2021, figure 4 (top).
+    """
+    # Hint: how many forwards can a stage run before the first backward reaches it? After the warm-up, alternate; at the end, drain.
+    raise NotImplementedError("Exercise 9.8: 1F1B (PipeDream-Flush) schedule")
+
+
+SCHEDULES: dict[str, Callable[[int, int, int], list[tuple[str, int]]]] = {"gpipe": gpipe_order, "1f1b": one_f_one_b_order}
+
+
+def peak_stashed(order: list[tuple[str, int]]) -> int:
+    """The most micro-batches whose forward has run and whose backward has not, along `order`."""
+    live = peak = 0
+    for kind, _ in order:
+        live += 1 if kind == "F" else -1
+        peak = max(peak, live)
+    return peak
+
+
+# ----------------------------------------------------------------------------------------------
+# Timelines and the bubble
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Event:
+    """One computation on one stage: micro-batch `microbatch`'s forward ("F") or backward ("B")."""
+
+    rank: int
+    microbatch: int
+    kind: str
+    start: float  # seconds since the common barrier
+    end: float
+
+
+def bubble_fraction(events: list[Event], num_stages: int | None = None) -> float:
+    """The idle fraction of a pipeline run: 1 - (sum of busy time) / (p * makespan).
+
+    The makespan is from the earliest start to the latest end over all stages; a stage is busy
+    while one of its events runs. Compare with (p - 1) / (m + p - 1) for balanced stages.
+
+    Args:
+        events: the timeline of every stage (e.g. the concatenated `PipelineResult.events`).
+        num_stages: p; defaults to the number of distinct ranks in `events`.
+    """
+    # Hint: idle time is what is left of p stages times the makespan (first start to last end, over all stages) once the events' durations are taken out.
+    raise NotImplementedError("Exercise 9.9: bubble fraction from a timeline")
+
+
+def bubble_formula(num_stages: int, num_microbatches: int, interleave: int = 1) -> float:
+    """(p - 1) / (v m + p - 1): the idle fraction of the whole run for balanced stages (v = 1: GPipe and 1F1B).
+
+    Equivalently (p - 1) / (v m) of the ideal time (Narayanan et al., 2021, section 2.2).
+    """
+    _check_pipeline(num_stages, num_microbatches, 0)
+    return (num_stages - 1) / (interleave * num_microbatches + num_stages - 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+# ----------------------------------------------------------------------------------------------
+
+
+class _Sleep(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, forward_s: float, backward_s: float) -> Tensor:
+        ctx.backward_s = backward_s
+        time.sleep(forward_s)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        time.sleep(ctx.backward_s)
+        return grad, None, None
+
+
+class Delay(nn.Module):
+    """Identity that sleeps `forward_s` seconds in the forward and `backward_s` in the backward.
+
+    Makes a stage's cost known and the same on every stage (sleeping needs no CPU, so a loaded
+    machine does not unbalance it): the bubble measured with it can be compared with the formula.
+    """
+
+    def __init__(self, forward_s: float, backward_s: float) -> None:
+        super().__init__()
+        if not forward_s >= 0 or not backward_s >= 0:
+            raise ValueError(f"forward_s and backward_s must be >= 0, got {forward_s!r}, {backward_s!r}")
+        self.forward_s, self.backward_s = float(forward_s), float(backward_s)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _Sleep.apply(x, self.forward_s, self.backward_s)
+
+
+def timed_stage(width: int, forward_s: float, backward_s: float, seed: int = 0) -> nn.Module:
+    """A stage of known cost: Linear(width, width), tanh, then `Delay(forward_s, backward_s)`."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(width, width), nn.Tanh(), Delay(forward_s, backward_s))
+
+
+class LMStage(nn.Module):
+    """A slice of a `TransformerLM`: optional embedding, blocks [first, last), optional final norm and head.
+
+    forward: token ids (batch, seq) on the first stage, else hidden states (batch, seq, d_model)
+    -> hidden states, or logits (batch, seq, vocab_size) on the last stage. The causal mask and
+    positions 0 .. seq - 1 are rebuilt on each stage. The modules are the model's own (no copy).
+    """
+
+    def __init__(self, model: nn.Module, first: int, last: int, embed: bool, head: bool) -> None:
+        super().__init__()
+        self.token_embeddings = model.token_embeddings if embed else None
+        self.layers = nn.ModuleList(model.layers[first:last])
+        self.ln_final = model.ln_final if head else None
+        self.lm_head = model.lm_head if head else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.token_embeddings is not None:
+            x = self.token_embeddings(x)
+        seq = x.shape[1]
+        mask, positions = causal_mask(seq, device=x.device), torch.arange(seq, device=x.device)
+        for layer in self.layers:
+            x = layer(x, mask=mask, positions=positions)
+        if self.lm_head is not None:
+            x = self.lm_head(self.ln_final(x))
+        return x
+
+
+def split_transformer(model: nn.Module, num_stages: int) -> list[LMStage]:
+    """Cut a `TransformerLM` into `num_stages` stages of consecutive blocks (as even as possible).
+
+    The first stage also embeds, the last also applies the final norm and the output layer. A tied
+    output layer would need its gradient summed across the first and last stage: refused.
+    """
+    layers = len(model.layers)
+    if isinstance(num_stages, bool) or not isinstance(num_stages, int) or not 1 <= num_stages <= layers:
+        raise ValueError(f"num_stages must be an int in [1, num_layers={layers}], got {num_stages!r}")
+    if num_stages > 1 and model.lm_head.weight is model.token_embeddings.weight:
+        raise ValueError("tied embeddings span the first and last stage; untie them to pipeline this model")
+    bounds = [round(i * layers / num_stages) for i in range(num_stages + 1)]
+    return [LMStage(model, bounds[i], bounds[i + 1], i == 0, i == num_stages - 1) for i in range(num_stages)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a schedule
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PipelineResult:
+    """What one rank saw: the loss (last stage; None elsewhere), its events, its peak stash."""
+
+    loss: float | None
+    events: list[Event] = field(default_factory=list)
+    peak_stashed: int = 0
+
+
+def run_pipeline(
+    stage: nn.Module,
+    schedule: str,
+    num_microbatches: int,
+    activation_shape: tuple[int, ...],
+    inputs: Tensor | None = None,
+    targets: Tensor | None = None,
+    loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PipelineResult:
+    """Run one training step's forwards and backwards of a pipeline; call on every rank at once.
+
+    Rank r of the world runs `stage` (stage r of p = world size). Gradients accumulate in the
+    stage's parameters as for the mean of the micro-batches' losses, i.e. the full batch's mean
+    loss when the micro-batches are equal: each micro-batch's loss is divided by m.
+
+    Args:
+        stage: this rank's stage.
+        schedule: "gpipe" or "1f1b".
+        num_microbatches: m; must divide the batch.
+        activation_shape: the shape of one micro-batch's activation between two stages.
+        inputs: the whole batch, on the first stage (ignored elsewhere).
+        targets: the whole batch's targets, on the last stage (ignored elsewhere).
+        loss_fn: loss(output, targets) of one micro-batch, on the last stage.
+        dtype: the activations' dtype.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULE_NAMES}, got {schedule!r}")
+    rank, p = p2p.rank_and_world()
+    first, last = rank == 0, rank == p - 1
+    order = SCHEDULES[schedule](p, num_microbatches, rank)
+    if first and (inputs is None or inputs.shape[0] % num_microbatches):
+        raise ValueError(f"the first stage needs inputs whose batch is divisible by num_microbatches={num_microbatches}")
+    if last and (targets is None or loss_fn is None or targets.shape[0] % num_microbatches):
+        raise ValueError("the last stage needs targets (batch divisible by num_microbatches) and a loss_fn")
+    micro_in = inputs.chunk(num_microbatches) if first else None
+    micro_tg = targets.chunk(num_microbatches) if last else None
+    stash: dict[int, tuple[Tensor, Tensor]] = {}  # micro-batch -> (its input, its output or loss)
+    sends: list[tuple[Any, Tensor]] = []  # pending isends, with their buffers kept alive
+    events: list[Event] = []
+    total, peak = 0.0, 0
+    dist.barrier()
+    t0 = time.monotonic()
+    for kind, i in order:
+        if kind == "F":
+            if first:
+                x = micro_in[i]
+            else:
+                x = torch.empty(activation_shape, dtype=dtype)
+                p2p.recv(x, rank - 1)
+                x.requires_grad_()
+            start = time.monotonic() - t0
+            out = stage(x)
+            if last:
+                out = loss_fn(out, micro_tg[i]) / num_microbatches
+                total += float(out.detach())
+            end = time.monotonic() - t0
+            if not last:
+                buffer = out.detach().contiguous()
+                sends.append((p2p.isend(buffer, rank + 1), buffer))
+            stash[i] = (x, out)
+            peak = max(peak, len(stash))
+        else:
+            x, out = stash.pop(i)
+            if last:
+                grad = None
+            else:
+                grad = torch.empty(activation_shape, dtype=dtype)
+                p2p.recv(grad, rank + 1)
+            start = time.monotonic() - t0
+            out.backward(grad)
+            end = time.monotonic() - t0
+            if not first:
+                buffer = x.grad.contiguous()
+                sends.append((p2p.isend(buffer, rank - 1), buffer))
+        events.append(Event(rank, i, kind, start, end))
+    for work, _ in sends:
+        work.wait()
+    return PipelineResult(total if last else None, events, peak)
+
+
+def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, backward_s: float, width: int = 8) -> PipelineResult:
+    """Run `schedule` on slept stages of equal cost (`timed_stage`), one per rank; this rank's result.
+
+    For notebooks and benchmarks (the function travels to the ranks by name): the timeline, from
+    which `bubble_fraction` measures the bubble, and the peak stash.
+    """
+    rank = p2p.rank_and_world()[0]
+    stage = timed_stage(width, forward_s, backward_s, seed=rank)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(num_microbatches, width, generator=g), torch.randn(num_microbatches, width, generator=g)
+    return run_pipeline(stage, schedule, num_microbatches, (1, width), inputs=x, targets=y, loss_fn=nn.functional.mse_loss)
