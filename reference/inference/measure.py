@@ -98,6 +98,32 @@ def offload_latency(model, budgets_in_blocks, repeats: int) -> list[dict]:
     return rows
 
 
+def offload_gguf(model, path, budgets_in_blocks) -> list[dict]:
+    """Forward latency of SmolLM2 with its blocks read from the GGUF file and dequantised on arrival."""
+    from reference.inference.offload import GGUFLayerSource
+
+    block = sum(p.numel() * p.element_size() for p in model.layers[0].parameters())
+    ids = torch.tensor([[1, 504, 3458, 314, 253, 2355, 28, 411]])
+    with torch.no_grad():
+        expected = model(ids)
+    rows = []
+    source = GGUFLayerSource(path)
+    for blocks in budgets_in_blocks:
+        for prefetch in (False, True):
+            off = OffloadedLM(copy.deepcopy(model), blocks * block, source=source, prefetch=prefetch)
+            try:
+                with torch.no_grad():
+                    off(ids)  # first pass: every block is fetched once whatever the budget
+                    start = time.perf_counter()
+                    out = off(ids)
+                    seconds = time.perf_counter() - start
+            finally:
+                off.close()
+            rows.append({"budget_blocks": blocks, "budget_bytes": blocks * block, "prefetch": prefetch, "seconds": seconds,
+                         "peak_resident_bytes": off.peak_resident_bytes, "max_abs_diff": (out - expected).abs().max().item()})  # fmt: skip
+    return rows
+
+
 def speculative(model, tokenizer, new_tokens: int, k: int) -> list[dict]:
     text = ("The cat sat on the mat. The dog sat on the rug. The cat sat on the mat. The dog sat on the")
     prompt = tokenizer.encode(text)
@@ -148,6 +174,12 @@ def main(argv: list[str] | None = None) -> Path:
         "offload": offload_latency(tiny, config["offload_budgets_in_blocks"], config["repeats"]),
         "speculative": speculative(tiny, tokenizer, config["speculative_new_tokens"], config["speculative_k"]),
     }
+    if not quick:
+        from reference.pretrained import gguf_path
+
+        smol = models["smollm2-135m-instruct"]
+        config["offload_gguf_budgets_in_blocks"] = [2, 10, 20, len(smol.layers)]
+        payload["offload_gguf"] = offload_gguf(smol, gguf_path("smollm2-135m-instruct"), config["offload_gguf_budgets_in_blocks"])
     return runtime.write_json(args.out, payload)
 
 

@@ -10,7 +10,8 @@ is bandwidth: every forward moves every block's weights once, unless the budget 
 each block's weights are fetched from a `source` (host copies, or `GGUFLayerSource`: the GGUF file)
 just before the block runs, while a side thread fetches the next block (a side CUDA stream on a
 GPU would do the copy; on a CPU the thread dequantises). Resident blocks never hold more than
-`budget_bytes`: before a block is loaded, the least recently used others are evicted until it fits,
+`budget_bytes`: before a block is loaded, the most recently used others are evicted until it fits
+(the right choice for the cyclic sweep of a forward),
 and the prefetch is skipped when it would not fit. `peak_resident_bytes` records the most ever held.
 It is a `nn.Module` whose forward is the model's, so `reference.inference.generate` runs on it.
 """
@@ -87,7 +88,7 @@ class OffloadedLM(nn.Module):
         self.config, self.context_length = model.config, model.context_length
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.resident: OrderedDict[int, int] = OrderedDict()  # block -> bytes, least recently used first
+        self.resident: OrderedDict[int, int] = OrderedDict()  # block -> bytes, in order of use (most recent last)
         self.resident_bytes = self.peak_resident_bytes = 0
         self.loads = self.prefetched = 0
         self._lock = threading.Lock()
@@ -108,9 +109,14 @@ class OffloadedLM(nn.Module):
         return {n: t.to(self.device, self.dtype, copy=True) for n, t in self.source(i).items()}
 
     def _make_room(self, need: int, keep: set[int]) -> bool:
-        """Evict least recently used blocks (not in `keep`) until `need` more bytes fit; False if they cannot."""
+        """Evict the most recently used blocks (not in `keep`) until `need` more bytes fit; False if they cannot.
+
+        A forward sweeps the blocks in order, a cyclic pattern for which evicting the least recently
+        used is the worst choice (each block is evicted just before it is needed again); evicting the
+        most recently used keeps a fixed set of blocks resident and re-fetches only the others.
+        """
         while self.resident_bytes + need > self.budget:
-            victim = next((j for j in self.resident if j not in keep and j not in self._pending), None)
+            victim = next((j for j in reversed(self.resident) if j not in keep and j not in self._pending), None)
             if victim is None:
                 return False
             self._release(self.model.layers[victim])
