@@ -825,4 +825,64 @@ CHAPTER_16 = (
 )
 
 
-MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_13 + CHAPTER_16
+GEN, SAMP, FLASH = "reference/inference/generate.py", "reference/inference/sampling.py", "reference/inference/flash.py"
+SPEC, BEAM = "reference/inference/speculative.py", "reference/inference/beam.py"
+
+CHAPTER_15 = (
+    _m("15.1", GEN, "        keys[:, :, start:end] = k\n", "        keys[:, :, start + 1:end + 1] = k\n", "keys written one slot late"),
+    _m("15.1", GEN, "        return keys[:, :, :end], values[:, :, :end]", "        return keys[:, :, start:end], values[:, :, start:end]",
+       "returns only the new keys"),
+    _m("15.1", GEN, "        new = min(self.max_len, max(needed, 2 * self.capacity))", "        new = min(self.max_len, needed)",
+       "grows by what is needed only (no doubling)"),
+    _m("15.1", GEN, "            buffer[:, :, :, : self.capacity] = old\n", "            pass\n", "old entries lost on growth"),
+    _m("15.2", SAMP, "    return logits.masked_fill(logits < kth, float(\"-inf\"))", "    return logits.masked_fill(logits <= kth, float(\"-inf\"))",
+       "keeps k - 1"),
+    _m("15.2", SAMP, "    kth = torch.topk(logits, k, dim=-1).values[..., -1:]", "    kth = torch.topk(logits, k, dim=-1, largest=False).values[..., -1:]",
+       "the k smallest"),
+    _m("15.3", SAMP, "    remove_sorted = mass_before >= p", "    remove_sorted = probs.cumsum(dim=-1) >= p", "drops the token that reaches p"),
+    _m("15.3", SAMP, "    remove_sorted = mass_before >= p", "    remove_sorted = mass_before > p", "keeps one too many at the boundary"),
+    _m("15.3", SAMP, "    remove = remove_sorted.scatter(-1, order, remove_sorted)", "    remove = remove_sorted", "not scattered back to vocabulary order"),
+    _m("15.4", SAMP, "    threshold = min_p * probs.amax(dim=-1, keepdim=True)", "    threshold = min_p", "absolute threshold, not scaled by max p"),
+    _m("15.4", SAMP, "    return logits.masked_fill(probs < threshold, float(\"-inf\"))",
+       "    return logits.masked_fill(logits < threshold, float(\"-inf\"))", "threshold on logits, not probabilities"),
+    _m("15.5", SAMP, "    penalised = torch.where(logits > 0, logits / penalty, logits * penalty)", "    penalised = logits / penalty",
+       "negative logits divided (made more likely)"),
+    _m("15.5", SAMP, "    return torch.where(seen, penalised, logits)", "    return penalised", "unseen tokens penalised too"),
+    _m("15.6", SAMP, "    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)",
+       "    return logits - frequency * (counts > 0).to(logits.dtype) - presence * counts", "frequency and presence swapped"),
+    _m("15.6", SAMP, "    return logits - frequency * counts - presence * (counts > 0).to(logits.dtype)",
+       "    return logits + frequency * counts + presence * (counts > 0).to(logits.dtype)", "signs flipped"),
+    _m("15.7", FLASH, "            l = correction * l + p.sum(dim=-1)", "            l = l + p.sum(dim=-1)", "normaliser not rescaled"),
+    _m("15.7", FLASH, "            acc = correction[..., None] * acc + p @ v[..., j0:j1, :]", "            acc = acc + p @ v[..., j0:j1, :]",
+       "accumulator not rescaled"),
+    _m("15.7", FLASH, "        lse[..., i0:i1] = m + torch.log(l)", "        lse[..., i0:i1] = m", "L is the max only"),
+    _m("15.7", FLASH, "            if is_causal and j0 > i1 - 1 + offset:\n                break",
+       "            if is_causal and j0 > i0 + offset:\n                break", "stops before the diagonal's last tile"),
+    _m("15.7", FLASH, "        qi = q[..., i0:i1, :] * scale", "        qi = q[..., i0:i1, :]", "no 1/sqrt(d) scale"),
+    _m("15.7", FLASH, "            if is_causal and j1 - 1 > i0 + offset:  # the tile crosses the diagonal",
+       "            if is_causal and j1 - 1 > i1 + offset:  # the tile crosses the diagonal", "crossing tile left unmasked"),
+    _m("15.8", FLASH, "            ds = p * (dp - delta[..., i0:i1, None])", "            ds = p * dp", "D term omitted"),
+    _m("15.8", FLASH, "            dq[..., i0:i1, :] += (ds @ kj) * scale", "            dq[..., i0:i1, :] += ds @ kj", "scale missing on dQ"),
+    _m("15.8", FLASH, "            dk[..., j0:j1, :] += (ds.transpose(-2, -1) @ qi) * scale", "            dk[..., j0:j1, :] += (ds.transpose(-2, -1) @ qi)",
+       "scale missing on dK"),
+    _m("15.8", FLASH, "    delta = (grad_out * out).sum(dim=-1)", "    delta = grad_out.sum(dim=-1)", "D without O"),
+    _m("15.8", FLASH, "                continue  # fully masked tile: no gradient flows through it", "                pass",
+       "masked tiles not skipped"),
+    _m("15.9", SPEC, "        if u * q <= p:", "        if True:", "always accepts (follows the draft)"),
+    _m("15.9", SPEC, "        if u * q <= p:", "        if u * p <= q:", "ratio inverted"),
+    _m("15.9", SPEC, "        residual = (target_probs[i] - draft_probs[i]).clamp(min=0)", "        residual = target_probs[i]",
+       "replacement drawn from p, not max(0, p - q)"),
+    _m("15.9", SPEC, "    out.append(int(torch.multinomial(target_probs[k], 1, generator=generator)))\n    return out",
+       "    return out", "no bonus token after k acceptances"),
+    _m("15.10", BEAM, "                finished.append((scores[r] / new_len**length_penalty, beams[rows[r]] + [tokens[r]]))",
+       "                finished.append((scores[r], beams[rows[r]] + [tokens[r]]))", "no length normalisation"),
+    _m("15.10", BEAM, "                finished.append((scores[r] / new_len**length_penalty, beams[rows[r]] + [tokens[r]]))",
+       "                finished.append((scores[r] / (len(prompt) + new_len)**length_penalty, beams[rows[r]] + [tokens[r]]))",
+       "length counted with the prompt"),
+    _m("15.10", BEAM, "        for r in range(min(num_beams, len(tokens))):", "        for r in range(len(tokens)):",
+       "finished taken from all 2B candidates"),
+    _m("15.10", BEAM, "        _reorder(cache, torch.tensor([rows[r] for r in live], device=device))", "        pass", "cache not reordered"),
+)
+
+
+MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_13 + CHAPTER_15 + CHAPTER_16

@@ -8,6 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from reference.inference import generate
+from reference.inference.generate import KVCache, kv_cache_bytes_per_token
+from reference.models.llama import TransformerLM
+
 from reference.inference.sampling import (
     FrequencyPresencePenalty, MinP, MinTokens, RepetitionPenalty, SamplingParams, Temperature, TokenHistory, TopK, TopP,
     choose_next, processors_for,
@@ -82,3 +86,40 @@ def test_history_checks_ids():
         TokenHistory([[0]], [[9]]).counts(5)
     with pytest.raises(ValueError, match="prompts"):
         TokenHistory([[0], [1]], [[1]])
+
+
+def _model(context=64, seed=0, sharpen=30.0, layers=2):
+    torch.manual_seed(seed)
+    model = TransformerLM(vocab_size=61, context_length=context, d_model=32, num_layers=layers, num_heads=4,
+                          num_kv_heads=2, d_ff=48).eval()  # fmt: skip
+    with torch.no_grad():
+        model.lm_head.weight.mul_(sharpen)
+    return model
+
+
+def test_cache_memory_formula_and_generate_with_a_growing_cache():
+    model = _model()
+    cache = KVCache.for_model(model, batch=3, max_len=50)
+    assert cache.bytes_per_token == kv_cache_bytes_per_token(2, 2, 8, torch.float32) == 2 * 2 * 2 * 8 * 4
+    assert cache.nbytes == 3 * 50 * cache.bytes_per_token
+    assert kv_cache_bytes_per_token(30, 3, 64, torch.bfloat16) == 23040
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8]]
+    a = generate(model, prompts, 20, return_scores=True)
+    b = generate(model, prompts, 20, return_scores=True, cache_capacity=2)
+    assert a.new_tokens == b.new_tokens
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-5, rtol=1e-5)
+
+
+def test_generate_options_parallel_sampling_and_penalties():
+    model = _model(sharpen=1.0)
+    out = generate(model, [[1, 2, 3], [7]], 8, temperature=1.0, n=3, generator=torch.Generator().manual_seed(0),
+                   return_scores=True, min_p=0.05)  # fmt: skip
+    assert out.sequences.shape[0] == 6 and len(out.new_tokens) == 6
+    assert out.prompt_lengths == [3, 3, 3, 1, 1, 1]
+    assert len({tuple(t) for t in out.new_tokens[:3]}) > 1  # independent samples of one prompt
+    first = out.probs[:, 0]  # one prefill: the samples of a prompt start from the same distribution
+    torch.testing.assert_close(first[0], first[2])
+    kept = first[0] > 0
+    assert torch.equal(kept, first[0] >= 0.05 * first[0].max())
+    repeat = generate(_model(), [[4, 4, 4]], 12, repetition_penalty=1e6, frequency_penalty=2.0)
+    assert len(set(repeat.new_tokens[0])) == 12 and 4 not in repeat.new_tokens[0]

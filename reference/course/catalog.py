@@ -336,6 +336,28 @@ CHAPTERS: tuple[Chapter, ...] = (
         ),
         tests=("tests/test_serving_blocks.py", "tests/test_serving_attention.py", "tests/test_serving_scheduler.py"),
     ),
+    Chapter(
+        number=15,
+        slug="efficient_inference",
+        title="Efficient inference",
+        survey_section="3.2 Memory Scheduling, 3.3 Parallelism, 3.4 Structural Optimization",
+        modules=("inference.generate", "inference.sampling", "inference.beam", "inference.flash", "inference.speculative",
+                 "inference.offload"),
+        exercises=(
+            Exercise("15.1", "key/value cache update (preallocated and growing)", "inference.generate", "LayerKVCache", points=4),
+            Exercise("15.2", "top-k filter", "inference.sampling", "top_k_filter", points=2),
+            Exercise("15.3", "top-p (nucleus) filter", "inference.sampling", "top_p_filter", points=3),
+            Exercise("15.4", "min-p filter", "inference.sampling", "min_p_filter", points=2),
+            Exercise("15.5", "repetition penalty", "inference.sampling", "repetition_penalty", points=2),
+            Exercise("15.6", "frequency and presence penalties", "inference.sampling", "frequency_presence_penalty", points=2),
+            Exercise("15.7", "FlashAttention forward (online softmax, L)", "inference.flash", "flash_attention_forward", points=8, refused=SDPA_LIBRARY + ("torch.logsumexp", ".logsumexp")),
+            Exercise("15.8", "FlashAttention backward (recompute tile by tile)", "inference.flash", "flash_attention_backward", points=8, refused=SDPA_LIBRARY + ("torch.autograd.grad", ".backward")),
+            Exercise("15.9", "speculative decoding acceptance rule", "inference.speculative", "accept_draft", points=5),
+            Exercise("15.10", "beam search with length penalty", "inference.beam", "beam_search", points=8),
+        ),
+        tests=("tests/test_inference_generate.py", "tests/test_inference_sampling.py", "tests/test_inference_flash.py",
+               "tests/test_inference_speculative.py"),
+    ),
 )
 CHAPTERS = tuple(sorted(CHAPTERS, key=lambda ch: ch.number))  # each engineer appends a chapter; the course reads them in order
 

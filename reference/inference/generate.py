@@ -36,7 +36,9 @@ import torch
 from torch import Tensor, nn
 
 from reference.attention import causal_mask
-from reference.inference.sampling import top_k_filter, top_p_filter
+from reference.inference.sampling import (
+    SamplingParams, TokenHistory, apply_processors, processors_for, top_k_filter, top_p_filter,
+)  # fmt: skip
 
 OVERFLOW = ("error", "slide")
 
@@ -68,6 +70,8 @@ class LayerKVCache:
             )
         if end > cache.max_len:
             raise ValueError(f"the cache holds {cache.max_len} positions: cannot add {k.shape[2]} to {start}")
+        if end > cache.capacity:  # a growing cache: reallocate (doubling) before writing
+            cache.grow(end)
         keys, values = cache.keys[self.layer], cache.values[self.layer]  # (batch, kv_heads, max_len, head_dim)
         keys[:, :, start:end] = k
         values[:, :, start:end] = v
@@ -75,7 +79,14 @@ class LayerKVCache:
 
 
 class KVCache:
-    """Keys and values of every layer, preallocated: (num_layers, batch, kv_heads, max_len, head_dim).
+    """Keys and values of every layer, preallocated: (num_layers, batch, kv_heads, capacity, head_dim).
+
+    By default `capacity` = `max_len`, all allocated up front (what serving systems do, so that a
+    step never allocates). With `initial_capacity` the buffers start that small and grow when a
+    write would overflow them, doubling (amortised O(1) per token, like a dynamic array) up to
+    `max_len`: memory follows the sequence actually decoded. Either way one token costs
+    `bytes_per_token` = 2 * num_layers * kv_heads * head_dim * dtype bytes per row (keys and
+    values), the formula `kv_cache_bytes_per_token` gives and `nbytes` measures.
 
     `length` positions are filled (the same for all rows: rows are aligned on the right by left
     padding). `key_mask` (batch, max_len) is False at slots that hold padding, so that no query
@@ -91,6 +102,8 @@ class KVCache:
         max_len: the most positions it can hold.
         device: where the buffers live.
         dtype: the keys' and values' dtype (the model's).
+        initial_capacity: None to allocate max_len positions now; else the positions allocated at
+            first (>= 1), grown on demand.
     """
 
     def __init__(
@@ -103,11 +116,16 @@ class KVCache:
         *,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
+        initial_capacity: int | None = None,
     ) -> None:
         for name, value in (("num_layers", num_layers), ("batch", batch), ("num_kv_heads", num_kv_heads),
                             ("head_dim", head_dim), ("max_len", max_len)):
             _check_count(name, value, 1)
-        shape = (num_layers, batch, num_kv_heads, max_len, head_dim)
+        if initial_capacity is not None:
+            _check_count("initial_capacity", initial_capacity, 1)
+        self.capacity = max_len if initial_capacity is None else min(initial_capacity, max_len)
+        self.grown = 0  # how many times the buffers were reallocated
+        shape = (num_layers, batch, num_kv_heads, self.capacity, head_dim)
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.key_mask = torch.ones(batch, max_len, dtype=torch.bool, device=device)
@@ -115,13 +133,50 @@ class KVCache:
         self.num_layers, self.max_len, self.length = num_layers, max_len, 0
 
     @classmethod
-    def for_model(cls, model: nn.Module, batch: int, max_len: int | None = None) -> KVCache:
+    def for_model(cls, model: nn.Module, batch: int, max_len: int | None = None, *,
+                  initial_capacity: int | None = None) -> KVCache:  # fmt: skip
         """An empty cache shaped for `model` (its config, device and dtype); max_len defaults to its context."""
         cfg = model.config
         num_kv_heads = cfg.get("num_kv_heads") or cfg["num_heads"]
         weight = next(model.parameters())
         return cls(cfg["num_layers"], batch, num_kv_heads, cfg["d_model"] // cfg["num_heads"],
-                   model.context_length if max_len is None else max_len, device=weight.device, dtype=weight.dtype)
+                   model.context_length if max_len is None else max_len, device=weight.device, dtype=weight.dtype,
+                   initial_capacity=initial_capacity)  # fmt: skip
+
+    @property
+    def bytes_per_token(self) -> int:
+        """Bytes one position of one row takes in keys and values: 2 * layers * kv_heads * head_dim * itemsize."""
+        layers, _, heads, _, dim = self.keys.shape
+        return kv_cache_bytes_per_token(layers, heads, dim, self.keys.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the key and value buffers hold now (allocated, filled or not)."""
+        return self.keys.nbytes + self.values.nbytes
+
+    def grow(self, needed: int) -> None:
+        """Reallocate the buffers to hold at least `needed` positions: max(needed, 2 * capacity), at most max_len."""
+        if needed > self.max_len:
+            raise ValueError(f"the cache holds {self.max_len} positions: cannot grow to {needed}")
+        new = min(self.max_len, max(needed, 2 * self.capacity))
+        if new <= self.capacity:
+            return
+        for name in ("keys", "values"):
+            old = getattr(self, name)
+            buffer = old.new_zeros(*old.shape[:3], new, old.shape[4])
+            buffer[:, :, :, : self.capacity] = old
+            setattr(self, name, buffer)
+        self.capacity = new
+        self.grown += 1
+
+    def repeat_interleave(self, n: int) -> KVCache:
+        """A cache whose rows are each of this one's rows n times (parallel sampling after one shared prefill)."""
+        out = KVCache.__new__(KVCache)
+        out.__dict__.update(self.__dict__)
+        out.keys = self.keys.repeat_interleave(n, dim=1)
+        out.values = self.values.repeat_interleave(n, dim=1)
+        out.key_mask = self.key_mask.repeat_interleave(n, dim=0)
+        return out
 
     def layer(self, i: int) -> LayerKVCache:
         """The view that layer `i`'s attention updates."""
@@ -153,6 +208,14 @@ class KVCache:
         allowed = causal_mask(new, end, device=self.key_mask.device)  # (new, end)
         own_slot = torch.arange(end, device=allowed.device)[None, :] == torch.arange(self.length, end, device=allowed.device)[:, None]
         return (allowed & (self.key_mask[:, None, :end] | own_slot))[:, None]  # (batch, 1, new, end)
+
+
+def kv_cache_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+    """Memory of one cached position of one sequence: 2 (keys and values) * layers * kv_heads * head_dim * bytes.
+
+    SmolLM2-135M (30 layers, 3 key/value heads of 64, float32): 2 * 30 * 3 * 64 * 4 = 46,080 bytes.
+    """
+    return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,9 +344,10 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
 
 
-def _prefill(model: nn.Module, ids: Tensor, mask: Tensor, max_len: int, padded: bool) -> tuple[Tensor, KVCache]:
+def _prefill(model: nn.Module, ids: Tensor, mask: Tensor, max_len: int, padded: bool,
+             capacity: int | None = None) -> tuple[Tensor, KVCache]:  # fmt: skip
     """Run the model over the whole of `ids` into a fresh cache; returns last-position logits (batch, vocab) and the cache."""
-    cache = KVCache.for_model(model, ids.shape[0], max_len)
+    cache = KVCache.for_model(model, ids.shape[0], max_len, initial_capacity=capacity)
     if padded:
         cache.set_padding(mask)
     logits = model(ids, positions=_positions(mask), cache=cache, last_only=True)[:, -1]
@@ -305,6 +369,12 @@ def stream(
     pad_token_id: int = 0,
     use_cache: bool = True,
     context_overflow: str = "error",
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    n: int = 1,
+    cache_capacity: int | None = None,
 ) -> Iterator[Step]:
     """Decode token by token, yielding a `Step` as soon as each token is chosen (a Python generator).
 
@@ -327,6 +397,13 @@ def stream(
             "slide" lets the window slide: once the context is full, each next token is predicted
             from the last context_length columns alone, recomputed without the cache, positions
             starting again from 0 (what `TransformerLM.generate` does).
+        min_p: keep tokens with probability >= min_p * the largest (`sampling.min_p_filter`).
+        repetition_penalty, frequency_penalty, presence_penalty: `reference.inference.sampling`'s
+            penalties (repetition counts the prompt, the other two only the generated tokens).
+        n: sequences per prompt (parallel sampling): the prompts are prefilled once and the cache's
+            rows are copied n times; row b * n + i is the i-th sample of prompt b.
+        cache_capacity: None preallocates the whole cache; else it starts with this many positions
+            and grows by doubling (`KVCache`).
 
     Yields:
         One `Step` per new token, until every row has stopped or max_new_tokens steps. The
@@ -334,6 +411,13 @@ def stream(
     """
     _check_count("max_new_tokens", max_new_tokens, 0)
     check_sampling(temperature, top_k, top_p)
+    _check_count("n", n, 1)
+    if cache_capacity is not None:
+        _check_count("cache_capacity", cache_capacity, 1)
+    params = SamplingParams(temperature=temperature, top_k=top_k, top_p=1.0 if top_p is None else top_p,
+                            min_p=0.0 if min_p is None else min_p, repetition_penalty=repetition_penalty,
+                            frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                            max_tokens=max_new_tokens)  # fmt: skip
     if context_overflow not in OVERFLOW:
         raise ValueError(f"context_overflow must be one of {OVERFLOW}, got {context_overflow!r}")
     eos = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
@@ -353,39 +437,48 @@ def stream(
             f"prompt of {width} tokens + max_new_tokens={max_new_tokens} is more than the model's "
             f"context_length={context}; shorten them or pass context_overflow='slide'"
         )
-    return _decode(model, ids, mask, padded, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer,
-                   generator, pad_token_id, use_cache)  # fmt: skip
+    return _decode(model, ids, mask, padded, max_new_tokens, params, eos, stops, tokenizer,
+                   generator, pad_token_id, use_cache, n, cache_capacity)  # fmt: skip
 
 
 @torch.no_grad()
-def _decode(model, ids, mask, padded, max_new_tokens, temperature, top_k, top_p, eos, stops, tokenizer,
-            generator, pad_token_id, use_cache) -> Iterator[Step]:  # fmt: skip
+def _decode(model, ids, mask, padded, max_new_tokens, params, eos, stops, tokenizer,
+            generator, pad_token_id, use_cache, n=1, cache_capacity=None) -> Iterator[Step]:  # fmt: skip
     """`stream`'s loop, on checked arguments: prefill, then one token per step."""
     if max_new_tokens == 0:
         return
     batch, width = ids.shape
     device, context = ids.device, model.context_length
     max_len = min(context, width + max_new_tokens)
-    new: list[list[int]] = [[] for _ in range(batch)]
-    done: list[str | None] = [None] * batch
+    processors = processors_for(params)
+    prompts = [row[keep].tolist() for row, keep in zip(ids, mask)]
     cache = None
     for step in range(max_new_tokens):
         if step == 0 or not use_cache or cache is None:
             # the prefill (also every step without a cache, and every step once the window slides)
             window = slice(max(0, ids.shape[1] - context), None)
-            logits, cache = _prefill(model, ids[:, window], mask[:, window], max_len, padded)
+            logits, cache = _prefill(model, ids[:, window], mask[:, window], max_len, padded, cache_capacity)
             if not use_cache or ids.shape[1] >= context:
                 cache = None  # nothing to reuse: recompute next time
+            if step == 0 and n > 1:  # parallel sampling: one prefill per prompt, its cache rows copied n times
+                logits, ids, mask = (t.repeat_interleave(n, dim=0) for t in (logits, ids, mask))
+                cache = None if cache is None else cache.repeat_interleave(n)
+                prompts = [p for p in prompts for _ in range(n)]
+                batch *= n
+            if step == 0:
+                new: list[list[int]] = [[] for _ in range(batch)]
+                done: list[str | None] = [None] * batch
         else:
             positions = mask.sum(dim=1, keepdim=True) - 1  # (batch, 1): the newest token's position in its row
             logits = model(ids[:, -1:], positions=positions, cache=cache, last_only=True)[:, -1].float()
             if cache.length >= context:
                 cache = None  # the context is full: from now on the window slides
-        if temperature == 0:  # greedy: the argmax, and its one-hot as the distribution
-            token = logits.argmax(dim=-1)  # (batch,)
+        processed = apply_processors(processors, logits, TokenHistory(prompts, new)) if processors else logits
+        if params.greedy:  # greedy: the argmax, and its one-hot as the distribution
+            token = processed.argmax(dim=-1)  # (batch,)
             probs = torch.zeros_like(logits).scatter_(-1, token[:, None], 1.0)
         else:
-            probs = next_token_probs(logits, temperature, top_k, top_p)
+            probs = torch.softmax(processed, dim=-1)
             token = sample(probs, generator)  # (batch,)
         chosen = token.tolist()
         tokens: list[int | None] = []
@@ -426,9 +519,17 @@ def generate(
     pad_token_id: int = 0,
     use_cache: bool = True,
     context_overflow: str = "error",
+    min_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    frequency_penalty: float = 0.0,
+    presence_penalty: float = 0.0,
+    n: int = 1,
+    cache_capacity: int | None = None,
     return_scores: bool = False,
 ) -> Generation:
     """Generate up to `max_new_tokens` tokens for each prompt; the arguments are `stream`'s.
+
+    With n > 1 the rows are prompt 0's n samples, then prompt 1's, and so on.
 
     return_scores: also return the logits and the sampling distributions of every step.
 
@@ -440,7 +541,11 @@ def generate(
     steps = list(stream(model, prompts, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                         eos_token_id=eos_token_id, stop_strings=stop_strings, tokenizer=tokenizer,
                         generator=generator, pad_token_id=pad_token_id, use_cache=use_cache,
-                        context_overflow=context_overflow))  # fmt: skip
+                        context_overflow=context_overflow, min_p=min_p, repetition_penalty=repetition_penalty,
+                        frequency_penalty=frequency_penalty, presence_penalty=presence_penalty, n=n,
+                        cache_capacity=cache_capacity))  # fmt: skip
+    if n > 1:
+        ids, mask = ids.repeat_interleave(n, dim=0), mask.repeat_interleave(n, dim=0)
     batch = ids.shape[0]
     new: list[list[int]] = [[] for _ in range(batch)]
     reasons = ["length"] * batch

@@ -1,0 +1,1 @@
+"""Exercises for Chapter 15 (efficient inference); see reference/inference for the rest of the package."""
