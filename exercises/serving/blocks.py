@@ -8,14 +8,11 @@ with `llm-course grade 16`. Mirrors `reference/serving/blocks.py`.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 from reference.serving.blocks import DEFAULT_BLOCK_SIZE, BlockTable, NoFreeBlocksError, blocks_needed
-from reference.serving.blocks import BlockManager as _ReferenceBlockManager
-from reference.validation import check_int
+from reference.validation import check_float, check_int
 
-__all__ = ["BlockAllocator", "BlockManager", "BlockTable", "NoFreeBlocksError", "block_hashes", "blocks_needed",
-           "slot_mapping", "check_int"]
 
 def slot_mapping(block_table: Sequence[int], start: int, end: int, block_size: int) -> list[int]:
     """The physical slot of each logical position start .. end - 1 of one sequence.
@@ -101,9 +98,270 @@ class BlockAllocator:
 
 
 
-class BlockManager(_ReferenceBlockManager):
-    """The reference's block manager on this module's allocator, slot mapping and prefix hashes."""
+class BlockManager:
+    """Block tables of every live sequence over a device pool, and a host pool for swapped ones.
 
+    Sequences are named by any hashable id. The engine calls, in a step:
+      `allocate(seq, prompt)` when a sequence is admitted (returns how many prompt tokens are
+      already cached by prefix sharing), `append_slots(seq, n)` before writing n more positions
+      (returns the copies that copy-on-write needs), `commit(seq, tokens, computed)` once
+      positions are computed (indexes full blocks for sharing), `fork(parent, child)` for
+      parallel samples, `free(seq)` when it finishes or is preempted by recomputation, and
+      `swap_out(seqs)` / `swap_in(seqs)` for preemption by swapping.
+
+    Args:
+        num_blocks: blocks in the device pool.
+        block_size: token slots per block (16 as in vLLM).
+        num_host_blocks: blocks in the host pool for swapping (0: no swapping).
+        prefix_sharing: share full prompt blocks between sequences with the same prefix.
+        watermark: fraction of the device pool that admitting new sequences leaves free, so that
+            running ones can grow without being preempted at once (vLLM keeps 1%).
+    """
+
+    # the pieces it is built from, as class attributes so that a subclass can swap in its own
+    # (the exercises' `BlockManager` runs on the learner's allocator, slot mapping and hashes)
     allocator_cls = BlockAllocator
     hash_blocks = staticmethod(block_hashes)
     map_slots = staticmethod(slot_mapping)
+
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        *,
+        num_host_blocks: int = 0,
+        prefix_sharing: bool = True,
+        watermark: float = 0.0,
+    ) -> None:
+        self.block_size = check_int("block_size", block_size, 1)
+        self.device = self.allocator_cls(num_blocks, block_size, "device")
+        check_int("num_host_blocks", num_host_blocks, 0)
+        self.host = self.allocator_cls(num_host_blocks, block_size, "host") if num_host_blocks else None
+        self.prefix_sharing = bool(prefix_sharing)
+        self.watermark_blocks = int(check_float("watermark", watermark, minimum=0.0) * num_blocks)
+        self.tables: dict[Hashable, BlockTable] = {}
+        self.swapped: dict[Hashable, BlockTable] = {}  # block ids in the host pool
+        self._by_hash: dict[int, int] = {}  # prefix key -> device block
+        self._hash_of: dict[int, int] = {}  # device block -> its prefix key
+        self.prefix_hits = 0  # blocks reused through prefix sharing, in all
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @property
+    def num_free_blocks(self) -> int:
+        return self.device.num_free
+
+    def block_table(self, seq_id: Hashable) -> list[int]:
+        """The sequence's physical block ids (a copy)."""
+        return list(self._table(seq_id).blocks)
+
+    def num_tokens(self, seq_id: Hashable) -> int:
+        return self._table(seq_id).num_tokens
+
+    def slots(self, seq_id: Hashable, start: int, end: int) -> list[int]:
+        """Slots of positions start .. end - 1 (see `slot_mapping`)."""
+        return self.map_slots(self._table(seq_id).blocks, start, end, self.block_size)
+
+    def _table(self, seq_id: Hashable) -> BlockTable:
+        try:
+            return self.tables[seq_id]
+        except KeyError:
+            raise KeyError(f"sequence {seq_id!r} has no blocks on the device") from None
+
+    def _cached_prefix(self, token_ids: Sequence[int]) -> list[int]:
+        """Device blocks that already hold the prompt's leading full blocks (never the block of
+        the last token: its logits must be computed)."""
+        if not self.prefix_sharing:
+            return []
+        usable = (len(token_ids) - 1) // self.block_size
+        found = []
+        for h in self.hash_blocks(token_ids[: usable * self.block_size], self.block_size):
+            if h not in self._by_hash:
+                break
+            found.append(self._by_hash[h])
+        return found
+
+    def can_allocate(self, token_ids: Sequence[int], extra: int = 0) -> bool:
+        """Whether a sequence of these tokens (and `extra` more blocks) fits above the watermark."""
+        new = blocks_needed(len(token_ids), self.block_size) - len(self._cached_prefix(token_ids)) + extra
+        return self.device.num_free - new >= self.watermark_blocks
+
+    def blocks_to_append(self, seq_id: Hashable, num_new: int) -> int:
+        """Device blocks that `append_slots(seq_id, num_new)` would take (new ones and copies)."""
+        table = self._table(seq_id)
+        old, new = table.num_tokens, table.num_tokens + num_new
+        grow = blocks_needed(new, self.block_size) - len(table.blocks)
+        touched = range(old // self.block_size, min(blocks_needed(new, self.block_size), len(table.blocks)))
+        copies = sum(1 for i in touched if self.device.refcount(table.blocks[i]) > 1) if num_new else 0
+        return grow + copies
+
+    # -- changes ---------------------------------------------------------------------------------
+
+    def allocate(self, seq_id: Hashable, token_ids: Sequence[int]) -> int:
+        """Give a new sequence slots for its tokens; returns how many leading tokens are already
+        computed in shared blocks (a multiple of block_size, < len(token_ids))."""
+        if seq_id in self.tables or seq_id in self.swapped:
+            raise ValueError(f"sequence {seq_id!r} already has blocks")
+        if not token_ids:
+            raise ValueError("a sequence needs at least one token")
+        cached = self._cached_prefix(token_ids)
+        need = blocks_needed(len(token_ids), self.block_size) - len(cached)
+        if need > self.device.num_free:
+            raise NoFreeBlocksError(f"sequence {seq_id!r} needs {need} blocks of the device KV cache, "
+                                    f"{self.device.num_free} of its {self.device.num_blocks} are free")
+        table = BlockTable()
+        for block in cached:
+            self.device.incref(block)
+        table.blocks = list(cached)
+        table.hashes = self.hash_blocks(token_ids[: len(cached) * self.block_size], self.block_size)
+        self.prefix_hits += len(cached)
+        while len(table.blocks) < blocks_needed(len(token_ids), self.block_size):
+            table.blocks.append(self.device.allocate())
+        table.num_tokens = len(token_ids)
+        self.tables[seq_id] = table
+        return len(cached) * self.block_size
+
+    def append_slots(self, seq_id: Hashable, num_new: int = 1) -> list[tuple[int, int]]:
+        """Reserve slots for `num_new` more positions; returns the (source, destination) block
+        copies that must happen before they are written (copy-on-write of shared blocks)."""
+        check_int("num_new", num_new, 0)
+        table = self._table(seq_id)
+        old, new = table.num_tokens, table.num_tokens + num_new
+        if self.blocks_to_append(seq_id, num_new) > self.device.num_free:
+            raise NoFreeBlocksError(
+                f"sequence {seq_id!r} needs {self.blocks_to_append(seq_id, num_new)} more blocks, "
+                f"{self.device.num_free} are free"
+            )
+        copies = []
+        if num_new:
+            for i in range(old // self.block_size, len(table.blocks)):  # blocks the new positions land in
+                block = table.blocks[i]
+                if self.device.refcount(block) > 1:  # shared: copy before writing
+                    fresh = self.device.allocate()
+                    self.device.free(block)
+                    table.blocks[i] = fresh
+                    copies.append((block, fresh))
+        while len(table.blocks) < blocks_needed(new, self.block_size):
+            table.blocks.append(self.device.allocate())
+        table.num_tokens = new
+        return copies
+
+    def commit(self, seq_id: Hashable, token_ids: Sequence[int], num_computed: int) -> None:
+        """Positions 0 .. num_computed - 1 of the sequence (whose tokens are `token_ids`) now hold
+        keys and values: index its full computed blocks for prefix sharing."""
+        table = self._table(seq_id)
+        if not self.prefix_sharing:
+            return
+        full = min(num_computed, len(token_ids), table.num_tokens) // self.block_size
+        if full <= len(table.hashes):
+            return
+        parent = table.hashes[-1] if table.hashes else None
+        start = len(table.hashes)
+        new = self.hash_blocks(token_ids[start * self.block_size : full * self.block_size], self.block_size, parent)
+        for i, h in enumerate(new, start=start):
+            block = table.blocks[i]
+            if h not in self._by_hash and block not in self._hash_of:
+                self._by_hash[h] = block
+                self._hash_of[block] = h
+        table.hashes.extend(new)
+
+    def fork(self, parent_id: Hashable, child_id: Hashable) -> None:
+        """The child shares every block of the parent (reference counts + 1); writes will copy."""
+        parent = self._table(parent_id)
+        if child_id in self.tables or child_id in self.swapped:
+            raise ValueError(f"sequence {child_id!r} already has blocks")
+        for block in parent.blocks:
+            self.device.incref(block)
+        self.tables[child_id] = BlockTable(list(parent.blocks), parent.num_tokens, list(parent.hashes))
+
+    def _release(self, block: int) -> None:
+        if self.device.free(block) and block in self._hash_of:  # last owner gone: forget its prefix key
+            del self._by_hash[self._hash_of.pop(block)]
+
+    def free(self, seq_id: Hashable) -> None:
+        """Release every block of the sequence (on the device or swapped out); unknown ids are ignored."""
+        table = self.tables.pop(seq_id, None)
+        if table is not None:
+            for block in table.blocks:
+                self._release(block)
+        swapped = self.swapped.pop(seq_id, None)
+        if swapped is not None:
+            for block in swapped.blocks:
+                self.host.free(block)
+
+    # -- swapping ----------------------------------------------------------------------------------
+
+    def _distinct(self, tables: Iterable[BlockTable]) -> int:
+        return len({b for t in tables for b in t.blocks})
+
+    def can_swap_out(self, seq_ids: Sequence[Hashable]) -> bool:
+        """Whether the host pool has room for these sequences' blocks (shared ones counted once)."""
+        return self.host is not None and self._distinct(self._table(s) for s in seq_ids) <= self.host.num_free
+
+    def can_swap_in(self, seq_ids: Sequence[Hashable], extra: int = 0) -> bool:
+        """Whether these swapped sequences' blocks (and `extra` more) fit on the device above the watermark."""
+        need = self._distinct(self.swapped[s] for s in seq_ids) + extra
+        return self.device.num_free - need >= self.watermark_blocks
+
+    def _move(self, seq_ids, source: dict, target: dict, to_pool: BlockAllocator, drop) -> list[tuple[int, int]]:
+        mapping: dict[int, int] = {}  # old block -> new block, so that shared blocks stay shared
+        for seq_id in seq_ids:
+            table = source.pop(seq_id)
+            moved = []
+            for block in table.blocks:
+                if block in mapping:
+                    to_pool.incref(mapping[block])
+                else:
+                    mapping[block] = to_pool.allocate()
+                moved.append(mapping[block])
+                drop(block)
+            target[seq_id] = BlockTable(moved, table.num_tokens, list(table.hashes) if target is self.tables else [])
+        return list(mapping.items())
+
+    def swap_out(self, seq_ids: Sequence[Hashable]) -> list[tuple[int, int]]:
+        """Move the sequences' blocks to the host pool; returns (device block, host block) copies,
+        to be done before the device blocks are reused. Shared blocks stay shared."""
+        if not self.can_swap_out(seq_ids):
+            raise NoFreeBlocksError(f"the host pool cannot hold the blocks of {list(seq_ids)!r}")
+        return self._move(seq_ids, self.tables, self.swapped, self.host, self._release)
+
+    def swap_in(self, seq_ids: Sequence[Hashable]) -> list[tuple[int, int]]:
+        """Move swapped sequences back to the device; returns (host block, device block) copies."""
+        if self._distinct(self.swapped[s] for s in seq_ids) > self.device.num_free:
+            raise NoFreeBlocksError(f"the device pool cannot hold the blocks of {list(seq_ids)!r}")
+        return self._move(seq_ids, self.swapped, self.tables, self.device, self.host.free)
+
+    # -- accounting ----------------------------------------------------------------------------------
+
+    def usage(self) -> dict[str, int]:
+        """Device slots holding a token state ("used", shared ones once) against slots in allocated
+        blocks ("allocated"), and the block counts."""
+        filled: dict[int, int] = {}
+        for table in self.tables.values():
+            for i, block in enumerate(table.blocks):
+                n = min(self.block_size, table.num_tokens - i * self.block_size)
+                filled[block] = max(filled.get(block, 0), n)
+        allocated = self.device.num_blocks - self.device.num_free
+        return dict(used=sum(filled.values()), allocated=allocated * self.block_size, blocks=allocated,
+                    logical_blocks=sum(len(t.blocks) for t in self.tables.values()))  # fmt: skip
+
+    def check_invariants(self) -> None:
+        """AssertionError unless reference counts equal the owners in the block tables, free blocks
+        are exactly those with no owner (each listed once), every table has the blocks its tokens
+        need, and the prefix index names live blocks only."""
+        for pool, tables in ((self.device, self.tables), (self.host, self.swapped)):
+            if pool is None:
+                assert not tables, "sequences swapped out without a host pool"
+                continue
+            owners = [0] * pool.num_blocks
+            for seq_id, table in tables.items():
+                assert len(table.blocks) == blocks_needed(table.num_tokens, self.block_size), f"{seq_id!r}: wrong block count"
+                for block in table.blocks:
+                    owners[block] += 1
+            assert owners == [pool.refcount(b) for b in range(pool.num_blocks)], f"{pool.name}: reference counts disagree"
+            assert pool.num_free == owners.count(0), f"{pool.name}: leaked or double-owned block"
+            free = list(getattr(pool, "_free", ()))  # the reference's free list, when there is one
+            assert len(free) == len(set(free)), f"{pool.name}: a block is free twice"
+            assert not free or set(free) == {b for b in range(pool.num_blocks) if owners[b] == 0}, f"{pool.name}: wrong free list"
+        assert all(self._by_hash[h] == b and self.device.refcount(b) > 0 for b, h in self._hash_of.items())
+        assert len(self._by_hash) == len(self._hash_of)

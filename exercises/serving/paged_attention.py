@@ -12,7 +12,6 @@ from torch import Tensor
 
 from reference.attention import repeat_kv, softmax
 
-__all__ = ["gather_kv", "paged_attention", "repeat_kv", "softmax", "torch"]
 
 def gather_kv(cache: Tensor, block_tables: Tensor, context_lens: Tensor, max_len: int | None = None) -> Tensor:
     """Each sequence's keys (or values) read through its block table, as one padded tensor.

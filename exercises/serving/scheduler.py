@@ -13,7 +13,6 @@ from collections import deque
 
 from reference.serving.scheduler import SchedulerBase, SchedulerOutput, Sequence, SequenceGroup
 
-__all__ = ["Scheduler", "SchedulerBase", "SchedulerOutput", "Sequence", "SequenceGroup", "deque"]
 
 
 class Scheduler(SchedulerBase):
