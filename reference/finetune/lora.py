@@ -170,10 +170,6 @@ class LoRALinear(nn.Module):
         weight -= self.delta_weight(self.merged_adapter).to(weight.dtype)
         self.merged_adapter = None
 
-    def extra_repr(self) -> str:
-        ranks = ", ".join(f"{n}: r={self.rank[n]}, alpha={self.alpha[n]:g}" for n in self.lora_A)
-        return f"in_features={self.in_features}, out_features={self.out_features}, adapters={{{ranks}}}, active={self.active_adapter!r}"
-
 
 def _weight_like(base: nn.Module) -> Tensor:
     """A tensor with the dtype and device the adapter should have: the base's weight, or its compute dtype."""
