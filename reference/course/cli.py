@@ -162,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     chatting.set_defaults(run=cmd_chat)
     # `pretrain` is handed to the trainer's own parser by `main` (its options: llm-course pretrain --help)
     sub.add_parser("pretrain", help="pre-train a language model from a JSON config (Chapter 6)", add_help=False)
+    # `finetune` is handed to reference.finetune.results's own parser (llm-course finetune --help)
+    sub.add_parser("finetune", help="measure every fine-tuning method on a model, write JSON (Chapter 11)", add_help=False)
     return parser
 
 
@@ -171,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         from reference.training import trainer
 
         return trainer.main(argv[1:])
+    if argv[:1] == ["finetune"]:  # Chapter 11's results command
+        from reference.finetune import results
+
+        return results.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.run(args, parser)

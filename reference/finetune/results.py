@@ -15,6 +15,7 @@ types) and on the held-out task types, before ("base") and after SFT. The method
     qlora-q4_1    LoRA r=8 (q, v) over the GGUF file's own Q4_1 blocks (a course model: re-quantized)
     prefix        prefix tuning, 16 virtual tokens, reparameterised by an MLP (Li & Liang, 2021)
     p-tuning-v2   16 virtual tokens per layer, learned directly (Liu et al., 2022)
+    lora-r<N>     LoRA (q, v) of rank N, for the rank sweep (e.g. --methods lora-r1,lora-r4,lora-r16,lora-r64)
 
 The defaults are sized to run in about 10-15 minutes on a busy 2-core CPU; they show the
 differences between methods, not the best each can reach.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -48,8 +50,10 @@ RESULTS = Path(__file__).resolve().parents[2] / "chapters" / "results"  # 11_met
 
 def prepare(method: str, base: nn.Module, model_name: str, rank: int = 8, virtual_tokens: int = 16) -> nn.Module:
     """A fresh copy of `base` set up for `method`: the trainable parts require gradients, the rest is frozen."""
+    if re.fullmatch(r"lora-r\d+", method):  # the rank sweep: "lora-r2" is "lora" with r = 2
+        method, rank = "lora", int(method[6:])
     if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        raise ValueError(f"method must be one of {METHODS} or lora-r<rank>, got {method!r}")
     if method == "qlora-q4_1" and model_name == "smollm2-135m-instruct":
         model = quant.from_gguf()  # the file's own blocks, bit for bit
     else:
@@ -78,8 +82,10 @@ def prepare(method: str, base: nn.Module, model_name: str, rank: int = 8, virtua
 
 def measure(model_name: str = "smollm2-135m-instruct", methods: tuple[str, ...] = DEFAULT_METHODS, steps: int = 30,
             examples_per_batch: int = 8, per_task: int = 120, eval_examples: int = 40, context_length: int = 160,
-            rank: int = 8, seed: int = 0, device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Train and score each method; returns the JSON payload (see the module docstring)."""
+            rank: int = 8, seed: int = 0, device: str | None = None, progress: bool = True,
+            partial: Path | None = None) -> dict[str, Any]:
+    """Train and score each method; returns the JSON payload (see the module docstring). With
+    `partial`, the payload so far is written there after every method (a long run keeps its rows)."""
     from reference.pretrained import load_pretrained
 
     torch.manual_seed(seed)
@@ -93,7 +99,21 @@ def measure(model_name: str = "smollm2-135m-instruct", methods: tuple[str, ...] 
     held_out = encode(data["held_out"][:: max(1, len(data["held_out"]) // eval_examples)][:eval_examples])
     pad_id = 0
     full_bytes = _state_bytes(base)
-    rows = []
+    rows: list[dict[str, Any]] = []
+
+    def payload() -> dict[str, Any]:
+        return {
+            "command": "python -m reference.finetune.results",
+            "seed": seed,
+            "config": {"model": model_name, "methods": list(methods), "steps": steps, "examples_per_batch": examples_per_batch,
+                       "per_task": per_task, "eval_examples": eval_examples, "context_length": context_length, "rank": rank,
+                       "held_out_tasks": list(HELD_OUT), "learning_rates": {m: _rate(m) for m in methods if m != "base"},
+                       "train_examples": len(train), "validation_examples": len(validation), "held_out_examples": len(held_out)},
+            "full_checkpoint_bytes": full_bytes,
+            "methods": rows,
+            "machine": machine_info(device),
+        }
+
     for method in methods:
         start = time.perf_counter()
         model = prepare(method, base, model_name, rank=rank)
@@ -108,12 +128,12 @@ def measure(model_name: str = "smollm2-135m-instruct", methods: tuple[str, ...] 
             row["optimizer_bytes"] = row["memory"]["optimizer"]
             del probe, optimizer
             config = SFTConfig(steps=steps, examples_per_batch=examples_per_batch, context_length=context_length,
-                               learning_rate=LEARNING_RATES[method], min_learning_rate=LEARNING_RATES[method] / 10,
+                               learning_rate=_rate(method), min_learning_rate=_rate(method) / 10,
                                warmup_steps=max(1, steps // 10), seed=seed, progress=progress)
             log = train_sft(model, train, config, pad_id)
             row["train_loss_first"], row["train_loss_last"] = log["loss"][0], sum(log["loss"][-5:]) / len(log["loss"][-5:])
             row["train_seconds"] = round(log["seconds"], 2)
-            if method.startswith(("lora", "qlora")):
+            if method.startswith(("lora", "qlora")):  # also the rank sweep's lora-r<N>
                 with tempfile.TemporaryDirectory() as folder:
                     row["adapter_file_bytes"] = lora.save_adapter(model, Path(folder) / "adapter.safetensors").stat().st_size
         else:
@@ -126,17 +146,13 @@ def measure(model_name: str = "smollm2-135m-instruct", methods: tuple[str, ...] 
             print(f"{method:12s} trainable {trainable:>11,}  val loss {row['validation']['loss']:.3f}  "
                   f"held-out loss {row['held_out']['loss']:.3f}  ({row['seconds']:.0f} s)", flush=True)
         del model
-    return {
-        "command": "python -m reference.finetune.results",
-        "seed": seed,
-        "config": {"model": model_name, "methods": list(methods), "steps": steps, "examples_per_batch": examples_per_batch,
-                   "per_task": per_task, "eval_examples": eval_examples, "context_length": context_length, "rank": rank,
-                   "held_out_tasks": list(HELD_OUT), "learning_rates": {m: LEARNING_RATES[m] for m in methods if m != "base"},
-                   "train_examples": len(train), "validation_examples": len(validation), "held_out_examples": len(held_out)},
-        "full_checkpoint_bytes": full_bytes,
-        "methods": rows,
-        "machine": machine_info(device),
-    }
+        if partial is not None:
+            write_json(partial, payload())
+    return payload()
+
+
+def _rate(method: str) -> float:
+    return LEARNING_RATES["lora" if re.fullmatch(r"lora-r\d+", method) else method]
 
 
 def _state_bytes(model: nn.Module) -> int:
@@ -168,13 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in METHODS and not re.fullmatch(r"lora-r\d+", m)]
     if unknown or not methods:
         parser.error(f"unknown methods {unknown}; choose from {METHODS}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     payload = measure(args.model, methods, steps=args.steps, examples_per_batch=args.examples_per_batch, per_task=args.per_task,
                       eval_examples=args.eval_examples, context_length=args.context_length, rank=args.rank, seed=args.seed,
-                      device=args.device, progress=not args.quiet)
+                      device=args.device, progress=not args.quiet, partial=Path(args.out or RESULTS / f"11_methods_{args.model}.json"))
     out = args.out or RESULTS / f"11_methods_{args.model}.json"
     print(f"wrote {write_json(out, payload)}")
     return 0
