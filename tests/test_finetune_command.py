@@ -130,13 +130,13 @@ def test_q4_1_base_is_the_gguf_files_own_blocks():
 def test_results_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "11_methods.json"
     code = results.main(["--model", "llama-tiny", "--methods", "base,lora,qlora-nf4,p-tuning-v2", "--steps", "2",
-                         "--per-task", "4", "--eval-examples", "3", "--examples-per-batch", "2", "--out", str(out), "--quiet"])
+                         "--per-task", "20", "--eval-examples", "3", "--examples-per-batch", "2", "--out", str(out), "--quiet"])
     assert code == 0
     payload = json.loads(out.read_text())
     assert payload["command"] == "python -m reference.finetune.results" and payload["seed"] == 0
     assert [r["method"] for r in payload["methods"]] == ["base", "lora", "qlora-nf4", "p-tuning-v2"]
     base, lora_row = payload["methods"][0], payload["methods"][1]
-    assert base["trainable_parameters"] == 0 and lora_row["trainable_parameters"] == 4 * 2 * 8 * (128 + 128 + 128 + 64)
+    assert base["trainable_parameters"] == 0 and lora_row["trainable_parameters"] == 4 * 8 * ((128 + 128) + (128 + 64))  # 4 layers, r = 8: q (128 -> 128) and v (128 -> 64)
     assert lora_row["adapter_file_bytes"] < payload["full_checkpoint_bytes"] / 20
     for row in payload["methods"]:
         assert 0 <= row["validation"]["token_accuracy"] <= 1 and row["held_out"]["loss"] > 0
