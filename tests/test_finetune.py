@@ -388,6 +388,8 @@ def test_pack_examples_layout(impl):
     assert batch.loss_mask[0].tolist() == [False, False, False, True, True, False, True, True, True, False]
     assert int(batch.loss_mask.sum()) == sum(len(r) for _, r in EXAMPLES)
     assert int((batch.segment_ids > 0).sum()) == sum(lengths)
+    later = impl.finetune.sft.pack_examples(EXAMPLES + [([30], [31])], context_length=10)  # one position: fits row 0's gap
+    assert later.rows_of[-1] == (0, 3) and later.input_ids.shape == (3, 10) and later.segment_ids[0, 9] == 3
     with pytest.raises(ValueError):
         impl.finetune.sft.pack_examples([([1] * 10, [2, 3])], context_length=10)
 
