@@ -885,4 +885,59 @@ CHAPTER_15 = (
 )
 
 
-MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_13 + CHAPTER_15 + CHAPTER_16
+
+LORA, SFT, QUANT = "reference/finetune/lora.py", "reference/finetune/sft.py", "reference/finetune/quant.py"
+
+CHAPTER_11 = (
+    _m("11.1", LORA, "bound = 1.0 / math.sqrt(self.in_features)", "bound = 1.0 / math.sqrt(r)", "A's bound from the rank"),
+    _m("11.1", LORA, "nn.Parameter(torch.zeros(self.out_features, r, dtype", "nn.Parameter(0.01 * torch.randn(self.out_features, r, dtype",
+       "B random: the model changes at init"),
+    _m("11.1", LORA, "self.scaling[name] = alpha / r", "self.scaling[name] = alpha", "alpha not divided by r"),
+    _m("11.1", LORA, "h = self.lora_dropout[name](x.to(a.dtype))", "h = x.to(a.dtype)", "dropout forgotten"),
+    _m("11.1", LORA, "return y + (F.linear(F.linear(h, a), b) * self.scaling[name]).to(y.dtype)",
+       "return y + F.linear(F.linear(h, a), b).to(y.dtype)", "scale missing in the forward"),
+    _m("11.1", LORA, "if name is None or self.merged_adapter is not None:\n            return y",
+       "if name is None:\n            return y", "merged adapter added twice"),
+    _m("11.1", LORA, "        for parameter in base.parameters():\n            parameter.requires_grad_(False)\n        self.in_features",
+       "        self.in_features", "base left trainable"),
+    _m("11.2", LORA, "    for parameter in model.parameters():\n        parameter.requires_grad_(False)\n    chosen = []",
+       "    chosen = []", "the rest of the model left trainable"),
+    _m("11.2", LORA, 'generator = torch.Generator().manual_seed(check_int("seed", seed))', "generator = None", "seed ignored"),
+    _m("11.2", LORA, "    if not chosen:\n        raise ValueError", "    if False:\n        raise ValueError", "no match passes silently"),
+    _m("11.3", LORA, "        if layer.merged_adapter is None and layer.active_adapter is not None:\n            layer.merge()\n", "",
+       "unloaded without merging"),
+    _m("11.3", LORA, "setattr(model.get_submodule(parent) if parent else model, child, layer.base)\n    return model",
+       "pass\n    return model", "wrappers left in place"),
+    _m("11.4", SFT, "counted = torch.arange(ids.numel() - 1) >= len(prompt_ids) - 1",
+       "counted = torch.arange(ids.numel() - 1) >= len(prompt_ids)", "first response token not counted"),
+    _m("11.4", SFT, "return ids[:-1], ids[1:], counted", "return ids[:-1], ids[:-1], counted", "targets not shifted"),
+    _m("11.4", SFT, "counted = torch.arange(ids.numel() - 1) >= len(prompt_ids) - 1",
+       "counted = torch.ones(ids.numel() - 1, dtype=torch.bool)", "loss on the prompt too"),
+    _m("11.5", SFT, "batch.positions[r, start:end] = torch.arange(inputs.numel())", "batch.positions[r, start:end] = torch.arange(start, end)",
+       "positions do not restart"),
+    _m("11.5", SFT, "row = next((i for i, room in enumerate(free) if room >= n), None)",
+       "row = len(rows) - 1 if rows and free[-1] >= n else None", "next fit, not first fit"),
+    _m("11.5", SFT, "batch.segment_ids[r, start:end] = segment", "batch.segment_ids[r, start:end] = 1", "one segment per row"),
+    _m("11.6", SFT, "mask = causal & same & real | torch.eye", "mask = causal & real | torch.eye", "attends across examples"),
+    _m("11.6", SFT, "mask = causal & same & real | torch.eye", "mask = same & real | torch.eye", "not causal"),
+    _m("11.6", SFT, "mask = causal & same & real | torch.eye(seq, dtype=torch.bool, device=segment_ids.device)",
+       "mask = causal & same & real", "empty padding rows"),
+    _m("11.7", QUANT, "absmax = blocks.abs().amax(dim=1)  # (n_blocks,)", "absmax = blocks.amax(dim=1)  # (n_blocks,)", "max, not absmax"),
+    _m("11.7", QUANT, "return codes[0::2] | (codes[1::2] << 4), absmax", "return (codes[0::2] << 4) | codes[1::2], absmax",
+       "nibbles swapped"),
+    _m("11.7", QUANT, "(scaled[..., None] - table).abs().argmin(dim=-1)", "torch.searchsorted(table, scaled.contiguous()).clamp(max=15)",
+       "level above, not the nearest"),
+    _m("11.8", QUANT, "q = torch.stack((codes & 0x0F, codes >> 4), dim=-1)", "q = torch.stack((codes >> 4, codes & 0x0F), dim=-1)",
+       "unpacked in the wrong order"),
+    _m("11.8", QUANT, "return (table[q] * absmax.float().reshape(-1, 1))", "return (table[q] * absmax.float().mean())",
+       "one scale for all blocks"),
+    _m("11.9", QUANT, "    centred = values - mean\n", "    centred = values\n", "mean not subtracted"),
+    _m("11.9", QUANT, "scales = blocks.abs().amax(dim=1) / 127", "scales = blocks.abs().amax(dim=1) / 128", "scale off by one level"),
+    _m("11.9", QUANT, "codes = torch.round(blocks", "codes = torch.trunc(blocks", "truncated, not rounded"),
+    _m("11.10", QUANT, "q = torch.cat((packed & 0x0F, packed >> 4), dim=-1).float()",
+       "q = torch.stack((packed & 0x0F, packed >> 4), dim=-1).flatten(-2).float()", "nibbles read as adjacent weights"),
+    _m("11.10", QUANT, "    return d * q + m\n", "    return d * (q - 8) + m\n", "Q4_0's offset applied"),
+)
+
+
+MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_11 + CHAPTER_13 + CHAPTER_15 + CHAPTER_16

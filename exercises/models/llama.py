@@ -68,6 +68,7 @@ class TransformerLM(nn.Module):
         prefix_length: int | Tensor | None = None,
         cache: Any | None = None,
         last_only: bool = False,
+        attention_mask: Tensor | None = None,
     ) -> Tensor:
         """Logits for every position.
 
@@ -82,6 +83,10 @@ class TransformerLM(nn.Module):
                 are stored in it, and attention also reads the cached ones (causal, padding slots masked).
             last_only: compute the logits of the last position only, (batch, 1, vocab_size): all that
                 decoding needs, and the output layer is the largest matrix product of a small model.
+            attention_mask: a boolean mask (True = may attend), (seq, seq) or (batch, 1, seq, seq), used
+                instead of the causal one: e.g. the block-diagonal causal mask of sequences packed into
+                one row (Chapter 11, `reference.finetune.sft.packed_attention_mask`, with `positions`
+                restarting per sequence). Not combined with prefix_length or cache.
 
         Returns:
             (batch, seq, vocab_size) logits; position t predicts token t + 1.

@@ -358,6 +358,27 @@ CHAPTERS: tuple[Chapter, ...] = (
         tests=("tests/test_inference_generate.py", "tests/test_inference_sampling.py", "tests/test_inference_flash.py",
                "tests/test_inference_speculative.py"),
     ),
+    Chapter(
+        number=11,
+        slug="fine_tuning",
+        title="Fine-tuning: SFT, LoRA, QLoRA, prefix and P-tuning v2",
+        survey_section="2.5(a) Supervised Fine-Tuning, 2.5(c) Parameter-Efficient Tuning",
+        modules=("finetune.lora", "finetune.sft", "finetune.quant", "finetune.instructions", "finetune.accounting",
+                 "finetune.results"),
+        exercises=(
+            Exercise("11.1", "LoRA linear layer (scaling, init, dropout, merge, adapters)", "finetune.lora", "LoRALinear", points=7),
+            Exercise("11.2", "inject LoRA by name pattern", "finetune.lora", "inject_lora", points=4),
+            Exercise("11.3", "merge and unload", "finetune.lora", "merge_and_unload", points=3),
+            Exercise("11.4", "response-only SFT targets", "finetune.sft", "sft_example", points=2),
+            Exercise("11.5", "pack examples into rows", "finetune.sft", "pack_examples", points=5),
+            Exercise("11.6", "block-diagonal causal mask", "finetune.sft", "packed_attention_mask", points=3),
+            Exercise("11.7", "NF4 quantization", "finetune.quant", "quantize_nf4", points=4),
+            Exercise("11.8", "NF4 dequantization", "finetune.quant", "dequantize_nf4", points=3),
+            Exercise("11.9", "double quantization of the constants", "finetune.quant", "double_quantize", points=3),
+            Exercise("11.10", "GGUF Q4_1 dequantization in torch", "finetune.quant", "dequantize_q4_1", points=3),
+        ),
+        tests=("tests/test_finetune.py",),
+    ),
 )
 CHAPTERS = tuple(sorted(CHAPTERS, key=lambda ch: ch.number))  # each engineer appends a chapter; the course reads them in order
 

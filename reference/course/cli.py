@@ -182,6 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("pretrain", help="pre-train a language model from a JSON config (Chapter 6)", add_help=False)
     # `evaluate` is handed to reference.evaluation.run by `main` (its options: llm-course evaluate --help)
     sub.add_parser("evaluate", help="score models on the Chapter 13 tasks, write chapters/results/13_harness.json", add_help=False)
+    # `finetune` is handed to reference.finetune.results's own parser (llm-course finetune --help)
+    sub.add_parser("finetune", help="measure every fine-tuning method on a model, write JSON (Chapter 11)", add_help=False)
     return parser
 
 
@@ -195,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         from reference.evaluation import run
 
         return run.main(argv)
+    if argv[:1] == ["finetune"]:  # Chapter 11's results command
+        from reference.finetune import results
+
+        return results.main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     return args.run(args, parser)

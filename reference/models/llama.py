@@ -101,6 +101,7 @@ class TransformerLM(nn.Module):
         prefix_length: int | Tensor | None = None,
         cache: Any | None = None,
         last_only: bool = False,
+        attention_mask: Tensor | None = None,
     ) -> Tensor:
         """Logits for every position.
 
@@ -115,6 +116,10 @@ class TransformerLM(nn.Module):
                 are stored in it, and attention also reads the cached ones (causal, padding slots masked).
             last_only: compute the logits of the last position only, (batch, 1, vocab_size): all that
                 decoding needs, and the output layer is the largest matrix product of a small model.
+            attention_mask: a boolean mask (True = may attend), (seq, seq) or (batch, 1, seq, seq), used
+                instead of the causal one: e.g. the block-diagonal causal mask of sequences packed into
+                one row (Chapter 11, `reference.finetune.sft.packed_attention_mask`, with `positions`
+                restarting per sequence). Not combined with prefix_length or cache.
 
         Returns:
             (batch, seq, vocab_size) logits; position t predicts token t + 1.
@@ -126,7 +131,14 @@ class TransformerLM(nn.Module):
             if positions.shape[-1] != seq or (positions.dim() == 2 and positions.shape[0] not in (1, token_ids.shape[0])):
                 raise ValueError(f"positions must be ({seq},) or (batch={token_ids.shape[0]}, {seq}), "
                                  f"got shape {tuple(positions.shape)}")
-        if cache is not None:
+        if attention_mask is not None:
+            if prefix_length is not None or cache is not None:
+                raise ValueError("attention_mask replaces the causal mask: it cannot be combined with prefix_length or cache")
+            if attention_mask.dtype != torch.bool or attention_mask.shape[-2:] != (seq, seq) or attention_mask.dim() not in (2, 4):
+                raise ValueError(f"attention_mask must be a bool ({seq}, {seq}) or (batch, 1, {seq}, {seq}) tensor, "
+                                 f"got {attention_mask.dtype} {tuple(attention_mask.shape)}")
+            mask = attention_mask
+        elif cache is not None:
             if prefix_length is not None:
                 raise ValueError("prefix_length and cache cannot be combined: decoding with a cache is causal")
             if cache.length + seq > self.context_length:

@@ -1,0 +1,1 @@
+"""Exercises for Chapter 11: fine-tuning (LoRA, SFT, QLoRA)."""
