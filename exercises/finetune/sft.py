@@ -202,6 +202,8 @@ def score_examples(model: nn.Module, examples: Sequence[tuple[list[int], list[in
     "token_accuracy": share of response tokens that are the argmax, "exact": share of examples
     whose every response token is the argmax (greedy decoding would reproduce the response),
     "examples": how many fitted into `context_length`}."""
+    if not examples:
+        raise ValueError("score_examples needs at least one example")
     fitting = [e for e in examples if len(e[0]) + len(e[1]) - 1 <= context_length]
     if not fitting:
         raise ValueError(f"no example fits in context_length={context_length}")
