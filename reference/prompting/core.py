@@ -222,33 +222,53 @@ def _model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def score_words(model: nn.Module, tokenizer, prompts: Sequence[str], words: Sequence[str], *, batch_size: int = 32,
-                forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+def score_words(model: nn.Module, tokenizer, prompts: Sequence[str], words: Sequence[str], *, batch_size: int = 16,
+                forward: Callable[..., Tensor] | None = None) -> Tensor:
     """log p(word | prompt) for every prompt and word, (num_prompts, num_words), with a causal model.
 
-    Each row [prompt; word] is run once, right-padded in batches; multi-token words are summed
-    (`word_logprobs`). `forward` replaces `model` (e.g. a `PromptedLM`)."""
+    A word that is one token after its prompt is read from the prompt's last position (one forward
+    per prompt, all such words at once); a longer word runs as its own row [prompt; word], summed
+    by `word_logprobs`. Rows of equal length share a batch (no padding). `forward` replaces `model`
+    (e.g. a `PromptedLM`); it must accept `last_only=True`."""
     forward = model if forward is None else forward
-    pad = 0
-    rows, starts, lengths = [], [], []
-    for p in prompts:
-        p_ids = tokenizer.encode(p)
-        for w in words:
-            w_ids = tokenizer.encode(p + w)[len(p_ids):] if tokenizer.encode(p + w)[: len(p_ids)] == p_ids else tokenizer.encode(w)
-            rows.append(p_ids + w_ids)
-            starts.append(len(p_ids))
-            lengths.append(len(w_ids))
-    out = []
     device = _model_device(model)
+    out = torch.zeros(len(prompts), len(words))
+    last_rows: list[tuple[list[int], int, list[tuple[int, int]]]] = []  # (ids, prompt index, [(word index, token)])
+    long_rows: list[tuple[list[int], int, int, int, int]] = []  # (ids, prompt, word, start, length)
+    for i, p in enumerate(prompts):
+        p_ids = tokenizer.encode(p)
+        singles = []
+        for j, w in enumerate(words):
+            ids = tokenizer.encode(p + w)
+            w_ids = ids[len(p_ids):] if ids[: len(p_ids)] == p_ids else tokenizer.encode(w)
+            if len(w_ids) == 1:
+                singles.append((j, w_ids[0]))
+            else:
+                long_rows.append((p_ids + w_ids, i, j, len(p_ids), len(w_ids)))
+        if singles:
+            last_rows.append((p_ids, i, singles))
     with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i : i + batch_size]
-            width = max(len(r) for r in chunk)
-            ids = torch.tensor([r + [pad] * (width - len(r)) for r in chunk], device=device)
-            logits = forward(ids)
-            out.append(word_logprobs(logits, ids, torch.tensor(starts[i : i + batch_size], device=device),
-                                     torch.tensor(lengths[i : i + batch_size], device=device)))
-    return torch.cat(out).view(len(prompts), len(words)).cpu()
+        for group in _same_length(last_rows, batch_size):
+            ids = torch.tensor([r[0] for r in group], device=device)
+            lp = torch.log_softmax(forward(ids, last_only=True)[:, -1].float(), -1).cpu()
+            for b, (_, i, singles) in enumerate(group):
+                for j, t in singles:
+                    out[i, j] = lp[b, t]
+        for group in _same_length(long_rows, batch_size):
+            ids = torch.tensor([r[0] for r in group], device=device)
+            got = word_logprobs(forward(ids), ids, torch.tensor([r[3] for r in group], device=device),
+                                torch.tensor([r[4] for r in group], device=device)).cpu()
+            for b, r in enumerate(group):
+                out[r[1], r[2]] = got[b]
+    return out
+
+
+def _same_length(rows: list, batch_size: int) -> list[list]:
+    """Rows (ids first) grouped by length, in batches of at most batch_size."""
+    by: dict[int, list] = {}
+    for r in rows:
+        by.setdefault(len(r[0]), []).append(r)
+    return [g[i : i + batch_size] for g in by.values() for i in range(0, len(g), batch_size)]
 
 
 def score_cloze(model: nn.Module, tokenizer, prompts: Sequence[str], words: Sequence[str], mask_token: str = "[MASK]",
@@ -363,10 +383,10 @@ def autoprompt_search(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], 
         prompted = PromptedLM(model, prompt=soft, freeze_model=True)
         if not grad:
             with torch.no_grad():
-                return float(loss_fn(prompted)), None
+                return loss_fn(prompted).item(), None
         loss = loss_fn(prompted)
         loss.backward()
-        return float(loss), soft.weight.grad.detach()
+        return loss.item(), soft.weight.grad.detach()
 
     try:
         best, _ = evaluate(current)

@@ -242,7 +242,7 @@ def train_strategy(strategy: str, model: nn.Module, tokenizer, train: Sequence[t
     return {"strategy": strategy, "n_train": len(train), "seed": seed, "steps": steps, "accuracy": accuracy(lp, [y for _, y in test]),
             "trainable_parameters": sum(p.numel() for p in params), "first_loss": losses[0] if losses else None,
             "last_loss": sum(losses[-5:]) / max(1, len(losses[-5:])), "seconds": round(time.perf_counter() - start, 1),
-            "net": net if strategy == "soft-prompt" else None}
+            "net": net}
 
 
 def nearest_tokens(soft: Tensor, embeddings: Tensor, tokenizer, k: int = 3) -> list[list[str]]:
@@ -258,8 +258,9 @@ def nearest_tokens(soft: Tensor, embeddings: Tensor, tokenizer, k: int = 3) -> l
 # ----------------------------------------------------------------------------------------------
 
 
-def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 32, 128), seeds: Sequence[int] = (0, 1),
-        steps: int = 40, strategies: Sequence[str] = TRAINED, quick: bool = False, seed: int = 0) -> dict[str, Any]:
+def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 32), seeds: Sequence[int] = (0,),
+        steps: int = 10, batch_size: int = 4, strategies: Sequence[str] = TRAINED, quick: bool = False, seed: int = 0,
+        ks: Sequence[int] = (0, 1, 3), orders: int = 2, cot_problems: int = 12) -> dict[str, Any]:
     """Every strategy on the tone task with one model; returns the results dictionary."""
     from reference.pretrained import load_pretrained
     from reference.runtime import machine_info, pick_device
@@ -273,25 +274,27 @@ def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 
         task = {"train": task["train"], "test": task["test"][:12]}
     chat = getattr(tokenizer, "chat_template", None) is not None
     templates = TEMPLATES if chat else TEMPLATES[:3]
-    config = {"model": model_name, "regimes": list(regimes), "seeds": list(seeds), "steps": steps, "batch_size": 8,
+    config = {"model": model_name, "regimes": list(regimes), "seeds": list(seeds), "steps": steps, "batch_size": batch_size,
+              "ks": list(ks), "orders": orders, "cot_problems": cot_problems,
               "prompt_tokens": 8, "strategies": list(strategies), "train_template": TRAIN_TEMPLATE.text,
               "verbalizer": [list(w) for w in MAIN_VERBALIZER.words], "test_size": len(task["test"]), "pool": len(task["train"])}
     result: dict[str, Any] = {"command": "python -m reference.prompting.strategies" + (" --quick" if quick else ""), "seed": seed,
                               "config": config, "machine": machine_info(device)}
     t0 = time.perf_counter()
     result["zero_shot"] = zero_shot_grid(model, tokenizer, task["test"], templates, VERBALIZERS[:2] if quick else VERBALIZERS)
-    result["few_shot"] = few_shot_runs(model, tokenizer, task, ks=(0, 2) if quick else (0, 1, 2, 4, 8), orders=2 if quick else 3)
+    result["few_shot"] = few_shot_runs(model, tokenizer, task, ks=(0, 2) if quick else ks, orders=2 if quick else orders)
+    print(f"tuning-free prompting: {time.perf_counter() - t0:.0f} s", flush=True)
     if chat:
-        result["chain_of_thought"] = chain_of_thought(model, tokenizer, n=3 if quick else 20, max_new_tokens=24 if quick else 80)
+        result["chain_of_thought"] = chain_of_thought(model, tokenizer, n=3 if quick else cot_problems, max_new_tokens=24 if quick else 64)
     result["tuning_free_seconds"] = round(time.perf_counter() - t0, 1)
     runs = []
     for n in regimes:
         for s in seeds:
             train = few_shot_sample(task["train"], n, seed=s)
             for strategy in strategies:
-                r = train_strategy(strategy, model, tokenizer, train, task["test"], steps=steps, seed=s)
+                r = train_strategy(strategy, model, tokenizer, train, task["test"], steps=steps, seed=s, batch_size=batch_size)
                 net = r.pop("net")
-                if net is not None and n == max(regimes) and s == seeds[0]:
+                if strategy == "soft-prompt" and n == max(regimes) and s == seeds[0]:
                     result["soft_prompt_neighbours"] = {
                         "init": [tokenizer.decode([i]) for i in tokenizer.encode(" Decide whether the following message is rude or polite.")[:8]],
                         "learned": nearest_tokens(net.prompt.weight.detach(), model.token_embeddings.weight.detach(), tokenizer),
@@ -311,15 +314,20 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Chapter 3: every prompt-learning strategy on the tone task")
     parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--regimes", type=int, nargs="+", default=[8, 32, 128])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--regimes", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3])
+    parser.add_argument("--orders", type=int, default=2)
+    parser.add_argument("--cot-problems", type=int, default=12)
     parser.add_argument("--strategies", nargs="+", default=list(TRAINED), choices=TRAINED)
     parser.add_argument("--quick", action="store_true", help="a shrunk run (12 test examples, fewer grids)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = run(args.model, args.regimes, args.seeds, args.steps, args.strategies, quick=args.quick)
+    result = run(args.model, args.regimes, args.seeds, args.steps, args.batch_size, args.strategies, quick=args.quick,
+                 ks=args.ks, orders=args.orders, cot_problems=args.cot_problems)
     if args.out:
         write_json(args.out, result)
         print("wrote", args.out)
