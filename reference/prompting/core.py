@@ -223,13 +223,14 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def score_words(model: nn.Module, tokenizer, prompts: Sequence[str], words: Sequence[str], *, batch_size: int = 16,
-                forward: Callable[..., Tensor] | None = None) -> Tensor:
+                forward: Callable[..., Tensor] | None = None, cache: dict | None = None) -> Tensor:
     """log p(word | prompt) for every prompt and word, (num_prompts, num_words), with a causal model.
 
     A word that is one token after its prompt is read from the prompt's last position (one forward
     per prompt, all such words at once); a longer word runs as its own row [prompt; word], summed
     by `word_logprobs`. Rows of equal length share a batch (no padding). `forward` replaces `model`
-    (e.g. a `PromptedLM`); it must accept `last_only=True`."""
+    (e.g. a `PromptedLM`); it must accept `last_only=True`. `cache` (a dict, prompt text -> the
+    last position's log-probabilities) lets several verbalizers share the prompts' forward passes."""
     forward = model if forward is None else forward
     device = _model_device(model)
     out = torch.zeros(len(prompts), len(words))
@@ -246,14 +247,17 @@ def score_words(model: nn.Module, tokenizer, prompts: Sequence[str], words: Sequ
             else:
                 long_rows.append((p_ids + w_ids, i, j, len(p_ids), len(w_ids)))
         if singles:
-            last_rows.append((p_ids, i, singles))
+            last_rows.append((p_ids, i, singles, p))
+    cache = {} if cache is None else cache
     with torch.no_grad():
-        for group in _same_length(last_rows, batch_size):
+        for group in _same_length([r for r in last_rows if r[3] not in cache], batch_size):
             ids = torch.tensor([r[0] for r in group], device=device)
             lp = torch.log_softmax(forward(ids, last_only=True)[:, -1].float(), -1).cpu()
-            for b, (_, i, singles) in enumerate(group):
-                for j, t in singles:
-                    out[i, j] = lp[b, t]
+            for b, r in enumerate(group):
+                cache[r[3]] = lp[b]
+        for _, i, singles, p in last_rows:
+            for j, t in singles:
+                out[i, j] = cache[p][t]
         for group in _same_length(long_rows, batch_size):
             ids = torch.tensor([r[0] for r in group], device=device)
             got = word_logprobs(forward(ids), ids, torch.tensor([r[3] for r in group], device=device),
@@ -299,7 +303,7 @@ def score_cloze(model: nn.Module, tokenizer, prompts: Sequence[str], words: Sequ
 
 
 def classify(model: nn.Module, tokenizer, template: Template, verbalizer: Verbalizer, inputs: Sequence[str], *,
-             demonstrations: str = "", forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+             demonstrations: str = "", forward: Callable[[Tensor], Tensor] | None = None, cache: dict | None = None) -> Tensor:
     """Class log-probabilities (len(inputs), num_classes) of each input under a template and a
     verbalizer; `demonstrations` (in-context examples, `few_shot_prefix`) go before each prompt."""
     words, word_class = verbalizer.flat()
@@ -308,7 +312,7 @@ def classify(model: nn.Module, tokenizer, template: Template, verbalizer: Verbal
         lp = score_cloze(model, tokenizer, [demonstrations + template.render(x) for x in inputs], written)
     else:
         prompts = [_with_demonstrations(template, x, tokenizer, demonstrations) for x in inputs]
-        lp = score_words(model, tokenizer, prompts, written, forward=forward)
+        lp = score_words(model, tokenizer, prompts, written, forward=forward, cache=cache)
     return class_log_probs(lp, word_class, verbalizer.num_classes)
 
 
@@ -339,9 +343,10 @@ CONTENT_FREE = ("N/A", "", "[MASK]")
 
 
 def content_free_probs(model, tokenizer, template: Template, verbalizer: Verbalizer, demonstrations: str = "",
-                       forward=None) -> Tensor:
+                       forward=None, cache: dict | None = None) -> Tensor:
     """p_cf: the class probabilities averaged over the content-free inputs (Zhao et al., 2021), renormalised."""
-    p = classify(model, tokenizer, template, verbalizer, list(CONTENT_FREE), demonstrations=demonstrations, forward=forward).exp().mean(0)
+    p = classify(model, tokenizer, template, verbalizer, list(CONTENT_FREE), demonstrations=demonstrations, forward=forward,
+                 cache=cache).exp().mean(0)
     return p / p.sum()
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 import random
 import time
 from collections.abc import Sequence
@@ -91,11 +92,11 @@ def few_shot_sample(train: Sequence[tuple[str, int]], n: int, seed: int) -> list
 def zero_shot_grid(model, tokenizer, test, templates=TEMPLATES, verbalizers=VERBALIZERS) -> list[dict[str, Any]]:
     """Accuracy of every template x verbalizer, without and with contextual calibration."""
     texts, labels = [x for x, _ in test], [y for _, y in test]
-    rows = []
+    rows, cache = [], {}
     for t in templates:
         for v in verbalizers:
-            lp = classify(model, tokenizer, t, v, texts)
-            p_cf = content_free_probs(model, tokenizer, t, v)
+            lp = classify(model, tokenizer, t, v, texts, cache=cache)
+            p_cf = content_free_probs(model, tokenizer, t, v, cache=cache)
             cal = calibrate(lp.exp(), p_cf)
             rows.append({"template": t.name, "verbalizer": v.name, "accuracy": accuracy(lp, labels),
                          "calibrated": accuracy(cal.log(), labels), "content_free": p_cf.tolist(),
@@ -260,7 +261,8 @@ def nearest_tokens(soft: Tensor, embeddings: Tensor, tokenizer, k: int = 3) -> l
 
 def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 32), seeds: Sequence[int] = (0,),
         steps: int = 10, batch_size: int = 4, strategies: Sequence[str] = TRAINED, quick: bool = False, seed: int = 0,
-        ks: Sequence[int] = (0, 1, 3), orders: int = 2, cot_problems: int = 12) -> dict[str, Any]:
+        ks: Sequence[int] = (0, 1, 3), orders: int = 2, cot_problems: int = 12, test_size: int | None = None,
+        num_verbalizers: int = len(VERBALIZERS), out: str | None = None, command: str | None = None) -> dict[str, Any]:
     """Every strategy on the tone task with one model; returns the results dictionary."""
     from reference.pretrained import load_pretrained
     from reference.runtime import machine_info, pick_device
@@ -270,23 +272,35 @@ def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 
     model, tokenizer = load_pretrained(model_name)
     model = model.to(device)
     task = tone_task(seed)
-    if quick:
-        task = {"train": task["train"], "test": task["test"][:12]}
+    if quick or test_size:
+        task = {"train": task["train"], "test": task["test"][: test_size or 12]}
+    from reference.runtime import write_json
+
+    def save() -> None:
+        if out:
+            write_json(out, result)
     chat = getattr(tokenizer, "chat_template", None) is not None
     templates = TEMPLATES if chat else TEMPLATES[:3]
     config = {"model": model_name, "regimes": list(regimes), "seeds": list(seeds), "steps": steps, "batch_size": batch_size,
               "ks": list(ks), "orders": orders, "cot_problems": cot_problems,
               "prompt_tokens": 8, "strategies": list(strategies), "train_template": TRAIN_TEMPLATE.text,
-              "verbalizer": [list(w) for w in MAIN_VERBALIZER.words], "test_size": len(task["test"]), "pool": len(task["train"])}
-    result: dict[str, Any] = {"command": "python -m reference.prompting.strategies" + (" --quick" if quick else ""), "seed": seed,
+              "verbalizer": [list(w) for w in MAIN_VERBALIZER.words], "test_size": len(task["test"]), "pool": len(task["train"]),
+              "verbalizers": num_verbalizers}
+    result: dict[str, Any] = {"command": command or "python -m reference.prompting.strategies", "seed": seed,
                               "config": config, "machine": machine_info(device)}
     t0 = time.perf_counter()
-    result["zero_shot"] = zero_shot_grid(model, tokenizer, task["test"], templates, VERBALIZERS[:2] if quick else VERBALIZERS)
+    result["zero_shot"] = zero_shot_grid(model, tokenizer, task["test"], templates, VERBALIZERS[:2] if quick else VERBALIZERS[:num_verbalizers])
+    save()
+    print(f"zero-shot: {time.perf_counter() - t0:.0f} s", flush=True)
     result["few_shot"] = few_shot_runs(model, tokenizer, task, ks=(0, 2) if quick else ks, orders=2 if quick else orders)
     print(f"tuning-free prompting: {time.perf_counter() - t0:.0f} s", flush=True)
-    if chat:
+    save()
+    if chat and cot_problems:
         result["chain_of_thought"] = chain_of_thought(model, tokenizer, n=3 if quick else cot_problems, max_new_tokens=24 if quick else 64)
     result["tuning_free_seconds"] = round(time.perf_counter() - t0, 1)
+    result["trained"] = []
+    result["parameters"] = {"model": count_parameters(model)}
+    save()
     runs = []
     for n in regimes:
         for s in seeds:
@@ -301,10 +315,13 @@ def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 
                         "moved": float((net.prompt.weight.detach() - SoftPrompt.from_text(model, tokenizer.encode(" Decide whether the following message is rude or polite.")[:8]).weight).norm(dim=-1).mean()),
                     }
                 runs.append(r)
+                result["trained"] = runs
+                save()
                 print(f"{strategy:12s} n={n:4d} seed={s} acc={r['accuracy']:.3f} loss {r['first_loss']:.3f}->{r['last_loss']:.3f} ({r['seconds']} s)", flush=True)
     result["trained"] = runs
     result["parameters"] = {"model": count_parameters(model)}
     result["seconds"] = round(time.perf_counter() - t0, 1)
+    save()
     return result
 
 
@@ -321,15 +338,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3])
     parser.add_argument("--orders", type=int, default=2)
     parser.add_argument("--cot-problems", type=int, default=12)
-    parser.add_argument("--strategies", nargs="+", default=list(TRAINED), choices=TRAINED)
+    parser.add_argument("--strategies", nargs="*", default=list(TRAINED), choices=TRAINED)
+    parser.add_argument("--test-size", type=int, default=None, help="score only the first N test examples")
+    parser.add_argument("--verbalizers", type=int, default=len(VERBALIZERS), help="use the first N verbalizers")
     parser.add_argument("--quick", action="store_true", help="a shrunk run (12 test examples, fewer grids)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    result = run(args.model, args.regimes, args.seeds, args.steps, args.batch_size, args.strategies, quick=args.quick,
-                 ks=args.ks, orders=args.orders, cot_problems=args.cot_problems)
+    run(args.model, args.regimes, args.seeds, args.steps, args.batch_size, args.strategies, quick=args.quick,
+        ks=args.ks, orders=args.orders, cot_problems=args.cot_problems, test_size=args.test_size,
+        num_verbalizers=args.verbalizers, out=args.out,
+        command="python -m reference.prompting.strategies " + " ".join(sys.argv[1:] if argv is None else argv))
     if args.out:
-        write_json(args.out, result)
         print("wrote", args.out)
     return 0
 
