@@ -108,3 +108,12 @@ def test_extract_and_problems():
     assert len(problems) == 5 and all(a >= 1 for _, a in problems)
     q, a = problems[0]
     assert core.extract_answer(f"So the answer is {a}.") == a
+
+
+def test_command_trained_only(tmp_path):
+    out = tmp_path / "03t.json"
+    assert strategies.main(["--model", "llama-tiny", "--trained-only", "--test-size", "4", "--regimes", "8", "--seeds", "0",
+                            "--steps", "1", "--strategies", "head", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["zero_shot"] == [] and result["few_shot"] == [] and len(result["trained"]) == 1
+    assert result["config"]["test_size"] == 4

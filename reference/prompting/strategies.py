@@ -262,7 +262,8 @@ def nearest_tokens(soft: Tensor, embeddings: Tensor, tokenizer, k: int = 3) -> l
 def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 32), seeds: Sequence[int] = (0,),
         steps: int = 10, batch_size: int = 4, strategies: Sequence[str] = TRAINED, quick: bool = False, seed: int = 0,
         ks: Sequence[int] = (0, 1, 3), orders: int = 2, cot_problems: int = 12, test_size: int | None = None,
-        num_verbalizers: int = len(VERBALIZERS), out: str | None = None, command: str | None = None) -> dict[str, Any]:
+        num_verbalizers: int = len(VERBALIZERS), out: str | None = None, command: str | None = None,
+        tuning_free: bool = True) -> dict[str, Any]:
     """Every strategy on the tone task with one model; returns the results dictionary."""
     from reference.pretrained import load_pretrained
     from reference.runtime import machine_info, pick_device
@@ -289,10 +290,13 @@ def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 
     result: dict[str, Any] = {"command": command or "python -m reference.prompting.strategies", "seed": seed,
                               "config": config, "machine": machine_info(device)}
     t0 = time.perf_counter()
-    result["zero_shot"] = zero_shot_grid(model, tokenizer, task["test"], templates, VERBALIZERS[:2] if quick else VERBALIZERS[:num_verbalizers])
+    if not tuning_free:
+        ks, cot_problems, num_verbalizers, templates = (), 0, 0, ()
+    result["zero_shot"] = [] if not tuning_free else zero_shot_grid(model, tokenizer, task["test"], templates, VERBALIZERS[:2] if quick else VERBALIZERS[:num_verbalizers])
     save()
     print(f"zero-shot: {time.perf_counter() - t0:.0f} s", flush=True)
-    result["few_shot"] = few_shot_runs(model, tokenizer, task, ks=(0, 2) if quick else ks, orders=2 if quick else orders)
+    result["few_shot"] = [] if not tuning_free else few_shot_runs(model, tokenizer, task, ks=(0, 2) if quick else ks,
+                                                                  orders=2 if quick else orders)
     print(f"tuning-free prompting: {time.perf_counter() - t0:.0f} s", flush=True)
     save()
     if chat and cot_problems:
@@ -341,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--strategies", nargs="*", default=list(TRAINED), choices=TRAINED)
     parser.add_argument("--test-size", type=int, default=None, help="score only the first N test examples")
     parser.add_argument("--verbalizers", type=int, default=len(VERBALIZERS), help="use the first N verbalizers")
+    parser.add_argument("--trained-only", action="store_true", help="skip zero-shot, few-shot and chain of thought")
     parser.add_argument("--quick", action="store_true", help="a shrunk run (12 test examples, fewer grids)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -348,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     run(args.model, args.regimes, args.seeds, args.steps, args.batch_size, args.strategies, quick=args.quick,
         ks=args.ks, orders=args.orders, cot_problems=args.cot_problems, test_size=args.test_size,
         num_verbalizers=args.verbalizers, out=args.out,
-        command="python -m reference.prompting.strategies " + " ".join(sys.argv[1:] if argv is None else argv))
+        command="python -m reference.prompting.strategies " + " ".join(sys.argv[1:] if argv is None else argv),
+        tuning_free=not args.trained_only)
     if args.out:
         print("wrote", args.out)
     return 0
