@@ -940,4 +940,51 @@ CHAPTER_11 = (
 )
 
 
-MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_11 + CHAPTER_13 + CHAPTER_15 + CHAPTER_16
+PMOD = "reference/prompting/modules.py"
+PCORE = "reference/prompting/core.py"
+
+CHAPTER_3 = (
+    _m("3.1", PMOD, "x = torch.cat([prompt.to(embeddings.dtype), embeddings], dim=1)",
+       "x = torch.cat([embeddings, prompt.to(embeddings.dtype)], dim=1)", "prompt appended after the text"),
+    _m("3.1", PMOD, "return x, torch.cat([attention_mask.new_ones(batch, prompt.shape[1]), attention_mask], dim=1)",
+       "return x, torch.cat([attention_mask.new_zeros(batch, prompt.shape[1]), attention_mask], dim=1)",
+       "prompt positions masked out"),
+    _m("3.1", PMOD, "return x, torch.cat([attention_mask.new_ones(batch, prompt.shape[1]), attention_mask], dim=1)",
+       "return x, attention_mask", "mask not widened"),
+    _m("3.1", PMOD, "    if prompt.dim() == 2:\n        prompt = prompt.unsqueeze(0).expand(batch, -1, -1)",
+       "    if True:\n        prompt = prompt.reshape(-1, prompt.shape[-1])[: prompt.shape[-2]].unsqueeze(0).expand(batch, -1, -1)",
+       "per-row prompts collapsed to the first row"),
+    _m("3.2", PMOD, "return [(kv[layer, 0], kv[layer, 1]) for layer in range(num_layers)]",
+       "return [(kv[layer, 1], kv[layer, 0]) for layer in range(num_layers)]", "keys and values swapped"),
+    _m("3.2", PMOD, "kv = flat.view(n, num_layers, 2, num_kv_heads, head_dim)",
+       "kv = flat.view(n, 2, num_layers, num_kv_heads, head_dim).transpose(1, 2)", "layer and key/value axes swapped"),
+    _m("3.2", PMOD, "kv = kv.permute(1, 2, 3, 0, 4).unsqueeze(2)", "kv = kv.permute(1, 2, 0, 3, 4).unsqueeze(2)",
+       "virtual tokens and heads swapped"),
+    _m("3.3", PCORE, "predicted = log_probs[:, :-1].gather(-1, token_ids[:, 1:, None]).squeeze(-1)",
+       "predicted = log_probs[:, 1:].gather(-1, token_ids[:, 1:, None]).squeeze(-1)", "logits read one position late"),
+    _m("3.3", PCORE, "return (predicted * in_word[:, 1:]).sum(dim=1)",
+       "return (predicted * in_word[:, 1:]).sum(dim=1) / word_length", "mean instead of sum over the word"),
+    _m("3.3", PCORE, "(positions < (word_start + word_length)[:, None])", "(positions < (word_start + 1)[:, None])",
+       "first token of the word only"),
+    _m("3.3", PCORE, "log_probs = torch.log_softmax(logits.float(), dim=-1)  # (batch, seq, vocab)",
+       "log_probs = logits.float()  # (batch, seq, vocab)", "raw logits, no log-softmax"),
+    _m("3.3", PCORE, "in_word = (positions >= word_start[:, None]) &", "in_word = (positions >= 1) &",
+       "the prompt counted too"),
+    _m("3.4", PCORE, "scaled = probs / content_free  # W p", "scaled = probs * content_free  # W p", "multiplied by p_cf"),
+    _m("3.4", PCORE, "return scaled / scaled.sum(dim=-1, keepdim=True)", "return scaled", "not renormalised"),
+    _m("3.4", PCORE, "return scaled / scaled.sum(dim=-1, keepdim=True)", "return scaled / scaled.sum(dim=0, keepdim=True)",
+       "normalised over the batch"),
+    _m("3.5", PCORE, "scores = -(grad.float() @ embeddings.float().T)", "scores = grad.float() @ embeddings.float().T",
+       "sign flipped (ascends the loss)"),
+    _m("3.5", PCORE, "return scores.topk(k, dim=-1).indices", "return scores.topk(k, dim=-1, largest=False).indices",
+       "lowest scores kept"),
+    _m("3.5", PCORE, "        scores[:, list(exclude)] = float(\"-inf\")", "        pass", "exclusions ignored"),
+    _m("3.6", PCORE, "        found = numbers[-1]", "        found = numbers[0]", "first number instead of last"),
+    _m("3.6", PCORE, '_NUMBER = r"-?\\d[\\d,]*(?:\\.\\d+)?"', '_NUMBER = r"\\d[\\d,]*(?:\\.\\d+)?"', "minus sign dropped"),
+    _m("3.6", PCORE, "        found = cues[-1].group(1)", "        found = re.findall(_NUMBER, text)[-1]", "answer cue ignored"),
+    _m("3.6", PCORE, 'return float(found.replace(",", "").rstrip("."))', 'return float(found.split(",")[0].rstrip("."))',
+       "thousands separator cuts the number"),
+)
+
+
+MUTANTS: tuple[Mutant, ...] = CHAPTER_1 + CHAPTER_2 + CHAPTER_3 + CHAPTER_4 + CHAPTER_5 + CHAPTER_6 + CHAPTER_7 + CHAPTER_8 + CHAPTER_9 + CHAPTER_10 + CHAPTER_11 + CHAPTER_13 + CHAPTER_15 + CHAPTER_16

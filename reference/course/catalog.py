@@ -144,6 +144,23 @@ CHAPTERS: tuple[Chapter, ...] = (
         tests=("tests/test_positional.py",),
     ),
     Chapter(
+        number=3,
+        slug="prompt_learning",
+        title="Prompt learning",
+        survey_section="1.2(b) Prompt Learning; 4 zero-shot, few-shot and chain-of-thought prompting",
+        modules=("prompting.modules", "prompting.core", "prompting.strategies"),
+        exercises=(
+            Exercise("3.1", "prepend a soft prompt", "prompting.modules", "prepend_prompt", points=2),
+            Exercise("3.2", "prefix keys and values (peft's layout)", "prompting.modules", "prefix_key_values", points=4),
+            Exercise("3.3", "multi-token label-word log-probability", "prompting.core", "word_logprobs", points=4,
+                     refused=("torch.nn.functional.cross_entropy", "torch.nn.functional.nll_loss")),
+            Exercise("3.4", "contextual calibration", "prompting.core", "calibrate", points=2),
+            Exercise("3.5", "AutoPrompt candidate tokens", "prompting.core", "autoprompt_candidates", points=3),
+            Exercise("3.6", "answer extraction from a chain of thought", "prompting.core", "extract_answer", points=3),
+        ),
+        tests=("tests/test_prompting.py",),
+    ),
+    Chapter(
         number=4,
         slug="data_and_tokenizer",
         title="Data preparation and tokenization",

@@ -1,0 +1,1 @@
+"""Exercises of Chapter 3: your twins of `reference.prompting` modules."""
