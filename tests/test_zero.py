@@ -271,6 +271,8 @@ def test_stage3_memory_and_traffic(impl, clusters, world):
     _, shard = _padded(out["unit_numels"], world)
     memory = out["memory"]
     assert (memory["parameters"], memory["gradients"], memory["optimizer_states"]) == (4 * shard, 4 * shard, 8 * shard)
+    # between forward and backward only the root is gathered: every layer was freed after its forward
+    assert out["after_forward"]["parameters"] == 4 * shard + 4 * padded_root
     expected = (world - 1) / world * 4 * (3 * padded_layers + 2 * padded_root)
     assert out["bytes_sent"] == pytest.approx(expected)
     assert out["p2p_bytes"] == pytest.approx(expected)
