@@ -10,7 +10,7 @@ bytes each rank sends, by the ring formula and as really sent by Chapter 7's cou
 
 Plausible bugs these tests catch (planted by `python -m tests.run_mutants --chapter 8`):
 - 8.3 shard size rounded down (the last elements are lost); no padding (n * S < total); offsets one tensor late.
-- 8.4 stage 2 not dividing the gradients by n; the stage's thresholds off by one (stage 1 sharding gradients).
+- 8.4 stage 1 counted as sharding gradients, stage 2 as sharding parameters; the baseline sharded.
 - 8.5 stage 3 counted like stage 2; (n - 1) / n left out.
 - 8.6 gradients summed, not averaged; the shard's slice off by one rank; the updated shards never
   gathered; stage 2 keeping the full gradients; a changed learning rate not passed to the inner optimizer.
