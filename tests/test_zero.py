@@ -9,13 +9,13 @@ holds, counted from its tensors, equal to the formulas with the padding of flat 
 bytes each rank sends, by the ring formula and as really sent by Chapter 7's counted collectives.
 
 Plausible bugs these tests catch (planted by `python -m tests.run_mutants --chapter 8`):
-- 8.3 shard size rounded down (the last elements are lost); no padding (n * S < total).
-- 8.4 stage 2 not dividing the gradients by n; the stage's thresholds off by one (stage 1 sharding gradients).
+- 8.3 shard size rounded down (the last elements are lost); no padding (n * S < total); offsets one tensor late.
+- 8.4 stage 1 counted as sharding gradients, stage 2 as sharding parameters; the baseline sharded.
 - 8.5 stage 3 counted like stage 2; (n - 1) / n left out.
 - 8.6 gradients summed, not averaged; the shard's slice off by one rank; the updated shards never
   gathered; stage 2 keeping the full gradients; a changed learning rate not passed to the inner optimizer.
 - 8.7 no re-gather before backward (freed parameters read as garbage); gradients not divided by n;
-  the full parameters not freed after forward; the tied weight split between two units.
+  the full parameters not freed after forward; every rank keeping shard 0.
 - 8.8 a shared storage counted twice; optimizer state left out.
 """
 
@@ -271,6 +271,8 @@ def test_stage3_memory_and_traffic(impl, clusters, world):
     _, shard = _padded(out["unit_numels"], world)
     memory = out["memory"]
     assert (memory["parameters"], memory["gradients"], memory["optimizer_states"]) == (4 * shard, 4 * shard, 8 * shard)
+    # between forward and backward only the root is gathered: every layer was freed after its forward
+    assert out["after_forward"]["parameters"] == 4 * shard + 4 * padded_root
     expected = (world - 1) / world * 4 * (3 * padded_layers + 2 * padded_root)
     assert out["bytes_sent"] == pytest.approx(expected)
     assert out["p2p_bytes"] == pytest.approx(expected)

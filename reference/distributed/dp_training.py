@@ -258,3 +258,68 @@ def memory_and_traffic(strategy: str, package: str = "reference", global_batch: 
             out["bytes_sent"], out["calls"] = log.bytes_sent, log.calls
             out["p2p_bytes"] = sent.bytes_sent if course_collectives else None
     return out
+
+
+BENCH_STRATEGIES = ("torch_ddp", "ddp_individual", "ddp_bucketed", "zero1", "zero2", "zero2_offload", "zero3")
+
+
+def time_strategies(config: dict[str, Any], global_batch: int = 8, rounds: int = 6, seed: int = 0,
+                    strategies: tuple[str, ...] = BENCH_STRATEGIES, bucket_size_mb: float = 25.0) -> dict[str, list[float]]:
+    """Seconds of one training step (forward, backward, gradient communication, AdamW) per strategy.
+
+    Every strategy gets its own copy of the same `TransformerLM(**config)` in this process; they
+    take turns step by step in a fresh random order each round (the same order on every rank), so
+    load changes of a shared machine fall on all alike. The first round warms up and is dropped.
+    Returns {strategy: [seconds per round]} (this rank's clock, after a barrier per step).
+    """
+    import random
+
+    from reference.distributed import ddp, zero
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    local = global_batch // world
+    runs: dict[str, tuple[nn.Module, torch.optim.Optimizer, bool]] = {}
+    for name in strategies:
+        torch.manual_seed(seed)
+        model = TransformerLM(**config).to(device)
+        if name == "torch_ddp":
+            runs[name] = (nn.parallel.DistributedDataParallel(model), AdamW(model.parameters(), lr=1e-3), False)
+        elif name == "ddp_individual":
+            runs[name] = (ddp.DDPIndividualParameters(model), AdamW(model.parameters(), lr=1e-3), True)
+        elif name == "ddp_bucketed":
+            runs[name] = (ddp.DDPBucketed(model, bucket_size_mb), AdamW(model.parameters(), lr=1e-3), True)
+        elif name in ("zero1", "zero2", "zero2_offload"):
+            opt = zero.ZeroOptimizer(model.parameters(), AdamW, stage=1 if name == "zero1" else 2, lr=1e-3,
+                                     bucket_size_mb=bucket_size_mb, offload=name.endswith("offload"))
+            runs[name] = (model, opt, False)
+        elif name == "zero3":
+            sharded = zero.ShardedModule(model)
+            runs[name] = (sharded, AdamW(sharded.parameters(), lr=1e-3), False)
+        else:
+            raise ValueError(f"unknown strategy {name!r}")
+    generator = torch.Generator().manual_seed(seed + 1)
+    order = random.Random(seed)
+    times: dict[str, list[float]] = {name: [] for name in strategies}
+    for r in range(rounds + 1):
+        ids = torch.randint(0, config["vocab_size"], (global_batch, config["context_length"] + 1), generator=generator)
+        batch = ids[rank * local : (rank + 1) * local].to(device)
+        names = list(strategies)
+        order.shuffle(names)
+        for name in names:
+            model, optimizer, sync = runs[name]
+            dist.barrier()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            loss_of(model, batch).backward()
+            if sync:
+                model.finish_gradient_synchronization()
+            optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            dist.barrier()
+            if r:
+                times[name].append(time.perf_counter() - start)
+    return times

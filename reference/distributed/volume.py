@@ -7,7 +7,7 @@ ring algorithms of Chapter 7 (Rajbhandari et al., 2020, section 7; Patarasuk and
 
     all-reduce of S bytes on n ranks       2 (n - 1) / n * S     (a reduce-scatter, then an all-gather)
     reduce-scatter / all-gather of S bytes   (n - 1) / n * S     (S the size of the full, unsharded tensor)
-    broadcast of S bytes (pipelined ring)    S on the root's link, spread over n - 1 hops
+    broadcast of S bytes (pipelined chain)   (n - 1) / n * S on average (n - 1 ranks forward S each)
 
     with count_collectives() as log:
         loss.backward(); model.finish_gradient_synchronization()
@@ -57,7 +57,7 @@ def ring_bytes_sent(op: str, size: int, world_size: int) -> float:
     if op in ("reduce_scatter", "all_gather"):
         return (n - 1) / n * size
     if op == "broadcast":
-        return (n - 1) / n * size  # pipelined ring broadcast: each rank but the last forwards S / n per chunk ... per rank on average
+        return (n - 1) / n * size  # a pipelined chain: n - 1 of the n ranks forward S, so (n - 1) / n S on average
     raise ValueError(f"op must be all_reduce, reduce_scatter, all_gather or broadcast, got {op!r}")
 
 

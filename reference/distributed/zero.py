@@ -145,9 +145,9 @@ class ZeroOptimizer(torch.optim.Optimizer):
     parameters. `step()` averages the gradients with a reduce-scatter (so the model must NOT also
     be wrapped in DDP), runs `optimizer_cls` on this rank's shard, and all-gathers the updated
     shards into every rank's parameters. Stage 1 reduce-scatters in `step()` from full local
-    gradients; stage 2 launches each bucket's reduce-scatter from a backward hook as soon as the
-    bucket is complete and frees the full gradients at once, so only the 1/n shard of the gradient
-    outlives backward. With `offload=True` the shard's master copy, its gradient, the optimizer
+    gradients; stage 2 runs each bucket's reduce-scatter from a backward hook as soon as the
+    bucket is complete (blocking that hook: backward resumes when it is done) and frees the full
+    gradients at once, so only the 1/n shard of the gradient outlives backward. With `offload=True` the shard's master copy, its gradient, the optimizer
     state and the step live on the host (ZeRO-Offload; on a CPU-only machine host and device are
     the same memory, but the copies and the path are the same).
 
