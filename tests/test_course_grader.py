@@ -10,6 +10,7 @@ they run the same under `--impl reference` and `--impl exercises`.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -625,6 +626,9 @@ NUMERICS = [ex for ex in catalog.chapter(6).exercises if ex.module == "training.
          {"5.1"}, "uses torch.nn.functional.layer_norm"),
         ("attention", "import torch\ndef repeat_kv(x, n):\n    return torch.repeat_interleave(x, n, dim=1)", set(), ""),  # a building block
         ("attention", "from transformers.models.llama.modeling_llama import repeat_kv", {"1.6"}, "uses transformers"),
+        ("precision", "def round_to_format(x, fmt):\n    return x.bfloat16().float()", {"10.3"}, "calls the method ."),
+        ("precision", "import torch\ndef round_to_format(x, fmt):\n    return torch.Tensor.half(x)", {"10.3"}, ".half()"),
+        ("precision", "import torch\nBF = torch.bfloat16\ndef round_to_format(x, fmt):\n    return torch.zeros(1, dtype=BF)", set(), ""),
     ],
 )  # fmt: skip
 def test_refused_library_calls(module, code, refused, named):
@@ -635,6 +639,25 @@ def test_refused_library_calls(module, code, refused, named):
     found = grader.refused_calls(code, module, exercises)
     assert set(found) == refused, found
     assert all(named in why and why.startswith(f"refused: exercises/{module.replace('.', '/')}.py line") for why in found.values())
+
+
+def test_helpers_copied_from_the_reference_are_not_searched_but_changed_ones_are():
+    """Chapter 10's module keeps shared helpers that use what its exercises may not (dtype casts,
+    `.view` on bit patterns, autocast in the comparison run): copied exactly, they are the
+    course's code; changed, they are the learner's and are searched."""
+    exercises = [ex for ex in catalog.chapter(10).exercises if ex.module == "precision"]
+    source = (ROOT / "reference" / "precision.py").read_text()
+    tree = ast.parse(source)
+    trusted = grader._reference_definitions("precision")
+    assert trusted and grader._refused_calls(tree, "precision", exercises, trusted) == {}
+    assert {"10.2", "10.3", "10.5"} <= set(grader._refused_calls(tree, "precision", exercises))  # not trusted
+    # the exercise calls a helper whose body the learner changed: searched again
+    sneaky = source.replace("def round_to_format(x: Tensor, fmt: FloatFormat | str) -> Tensor:",
+                            "def _fast(x):\n    return x.half().float()\n\n\n"
+                            "def round_to_format(x: Tensor, fmt: FloatFormat | str) -> Tensor:\n    _fast(x)", 1)
+    assert sneaky != source
+    found = grader._refused_calls(ast.parse(sneaky), "precision", exercises, trusted)
+    assert set(found) == {"10.3"} and "calls the method ." in found["10.3"], found
 
 
 def test_the_reference_itself_uses_no_refused_call():

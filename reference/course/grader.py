@@ -209,7 +209,39 @@ def refused_calls(source: str, module: str, exercises: list[catalog.Exercise]) -
     return _refused_calls(ast.parse(source), module, exercises)
 
 
-def _refused_calls(tree: ast.Module, module: str, exercises: list[catalog.Exercise]) -> dict[str, str]:
+def _reference_definitions(module: str) -> dict[str, list[str]]:
+    """{name: [ast dump of each top-level statement defining it]} of `reference/<module>.py`, or {}."""
+    path = Path(__file__).resolve().parents[1] / (module.replace(".", "/") + ".py")
+    try:
+        with tokenize.open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    found: dict[str, list[str]] = {}
+    for stmt in tree.body:
+        for name in _defined_names(stmt):
+            found.setdefault(name, []).append(ast.dump(stmt))
+    return found
+
+
+def _defined_names(stmt: ast.stmt) -> list[str]:
+    """The names a top-level statement defines (a function, a class, assignment targets)."""
+    if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [stmt.name]
+    if isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+        return [name.id for target in targets for name in ast.walk(target) if isinstance(name, ast.Name)]
+    return []
+
+
+def _refused_calls(tree: ast.Module, module: str, exercises: list[catalog.Exercise],
+                   trusted: dict[str, list[str]] | None = None) -> dict[str, str]:
+    """`trusted`: {name: ast dumps} of the reference module's own definitions. A submission's
+    definition that is an exact copy of one (a shared helper the exercise file carries verbatim,
+    not an exercise) is not searched: the library calls it makes are the course's, not the
+    learner's. A helper changed in any way is searched like the learner's own code."""
+    exercise_names = {ex.qualname.split(".")[0] for ex in exercises}
+    trusted = trusted or {}
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -235,14 +267,12 @@ def _refused_calls(tree: ast.Module, module: str, exercises: list[catalog.Exerci
     definitions: dict[str, list[ast.stmt]] = {}
     always: list[ast.stmt] = []
     for stmt in tree.body:
-        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
-            definitions.setdefault(stmt.name, []).append(stmt)
-        elif isinstance(stmt, ast.Assign | ast.AnnAssign | ast.AugAssign):
-            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
-            for target in targets:
-                for name in ast.walk(target):
-                    if isinstance(name, ast.Name):
-                        definitions.setdefault(name.id, []).append(stmt)
+        names = _defined_names(stmt)
+        if names:
+            dump = ast.dump(stmt)
+            for name in names:
+                if name in exercise_names or dump not in trusted.get(name, ()):
+                    definitions.setdefault(name, []).append(stmt)
         elif not isinstance(stmt, ast.Import | ast.ImportFrom):
             always.append(stmt)  # module-level code that runs on import: if, for, try, calls, ...
 
@@ -269,7 +299,9 @@ def _refused_calls(tree: ast.Module, module: str, exercises: list[catalog.Exerci
                     name = dotted(node)
                     if name and _is_refused(name, entries):
                         found.append((node.lineno, f"uses {name}"))
-                    elif node.attr in methods:
+                    elif node.attr in methods and (name is None or ".Tensor." in f".{name}"):
+                        # a method of an object (`x.half()`, `torch.Tensor.half(x)`), not a module's
+                        # attribute of the same name (the dtype `torch.bfloat16`)
                         found.append((node.lineno, f"calls the method .{node.attr}()"))
                 elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "getattr":
                     if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
@@ -287,7 +319,8 @@ def _refused_calls(tree: ast.Module, module: str, exercises: list[catalog.Exerci
 
 
 def static_refusals(source_file: Path, module: str, exercises: list[catalog.Exercise]) -> dict[str, str]:
-    """Every static refusal of `source_file`: solution imports and refused calls. Any failure of the
+    """Every static refusal of `source_file`: solution imports and refused calls (helpers copied
+    exactly from `reference/<module>.py` are not searched, see `_refused_calls`). Any failure of the
     check itself (a file that does not decode or parse, or nests too deep) refuses the module's
     exercises with the reason; it never stops the run."""
     shown = f"exercises/{module.replace('.', '/')}.py"
@@ -296,7 +329,7 @@ def static_refusals(source_file: Path, module: str, exercises: list[catalog.Exer
             source = f.read()
         tree = ast.parse(source, filename=shown)
         refused = _solution_imports(tree, module, exercises)
-        for ex_id, why in _refused_calls(tree, module, exercises).items():
+        for ex_id, why in _refused_calls(tree, module, exercises, _reference_definitions(module)).items():
             refused.setdefault(ex_id, why)
         return refused
     except SyntaxError as error:
