@@ -25,7 +25,8 @@ by field; Chapter 16's serving engine uses them as they are (the names below are
     use_beam_search     beam search instead of sampling; beam_width beams, scored with length_penalty
     beam_width          beams kept per prompt (>= n)
     length_penalty      a finished beam scores sum(log p) / length ** length_penalty (Wu et al., 2016;
-                        Hugging Face's definition, length = prompt + new tokens)
+                        length = the new tokens, the end id included, as `reference.inference.beam`
+                        and Hugging Face's `generate` count it for decoder-only models)
 
 The processors are small callables `processor(logits, context) -> logits` on (batch, vocab) logits,
 where `context` is a `TokenHistory` (each row's prompt ids and generated ids), applied in the order of
