@@ -199,7 +199,8 @@ class SchedulerBase:
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Leading tokens of the sequence that prefix sharing would find computed."""
-        return len(self.block_manager._cached_prefix(seq.tokens)) * self.block_manager.block_size
+        manager = self.block_manager
+        return len(manager._cached_prefix(seq.tokens, manager.namespaces.get(seq.seq_id))) * manager.block_size
 
     def blocks_to_admit(self, group: SequenceGroup) -> int:
         """Device blocks the group's live sequences need to be admitted (prefix hits excluded)."""
