@@ -132,3 +132,33 @@ def test_unknown_or_bad_adapters_are_refused(models, tmp_path):
     engine.abort_request(rid)
     engine.remove_lora("happy")
     assert engine.lora_adapters == ["sad"]
+
+
+def test_server_serves_adapters_by_model_name_through_the_openai_client():
+    openai = pytest.importorskip("openai")
+    from reference.pretrained import load_pretrained
+    from reference.serving.server import Server
+
+    base, tokenizer = load_pretrained("llama-tiny")
+    sad = _adapted(base, ["q_proj", "v_proj"], r=4, alpha=8.0, seed=1, name="sad")
+    merged = ft.merge_and_unload(copy.deepcopy(sad))
+    engine = LLMEngine(copy.deepcopy(base), tokenizer, block_size=16, num_blocks=32, max_num_seqs=8)
+    engine.add_lora("sad", sad)
+    prompt = "Once upon a time"
+    expected = {m: tokenizer.decode(generate(lm, [tokenizer.encode(prompt)], 10).new_tokens[0])
+                for m, lm in (("base", base), ("sad", merged))}  # fmt: skip
+    assert expected["base"] != expected["sad"]
+    with Server(engine, "llama-tiny") as server:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        models = client.models.list().data
+        assert [m.id for m in models] == ["llama-tiny", "llama-tiny:sad"]
+        for name, key in (("llama-tiny", "base"), ("llama-tiny:sad", "sad"), ("sad", "sad")):
+            out = client.completions.create(model=name, prompt=prompt, max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+            assert out.choices[0].text == expected[key] and out.model == name
+        chunks = client.completions.create(model="llama-tiny:sad", prompt=prompt, max_tokens=10, temperature=0, stream=True,
+                                           extra_body={"ignore_eos": True})  # fmt: skip
+        assert "".join(c.choices[0].text for c in chunks if c.choices) == expected["sad"]
+        with pytest.raises(openai.NotFoundError, match="llama-tiny:angry"):
+            client.completions.create(model="llama-tiny:angry", prompt=prompt, max_tokens=3)
+    engine.block_manager.check_invariants()
+    assert engine.block_manager.num_free_blocks == 32

@@ -341,7 +341,7 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="PagedAttention and serving",
         survey_section="3.4 PagedAttention, 3.5 Inference Frameworks, 4 Utilization",
         modules=("serving.blocks", "serving.paged_attention", "serving.scheduler", "serving.beam", "serving.engine",
-                 "serving.server"),
+                 "serving.lora", "serving.server"),
         exercises=(
             Exercise("16.1", "slot mapping through a block table", "serving.blocks", "slot_mapping", points=2),
             Exercise("16.2", "chained prefix hashes of full blocks", "serving.blocks", "block_hashes", points=2),
