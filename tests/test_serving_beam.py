@@ -154,3 +154,5 @@ def test_beam_requests_refuse_what_beam_search_would_ignore(impl, tiny_model):
     with pytest.raises(ValueError, match="beam_width=4"):  # 4 beams x 6 blocks cannot fit 12 blocks
         engine.add_request([1] * 20, SamplingParams(use_beam_search=True, beam_width=4, max_tokens=4))
     assert not engine.has_unfinished_requests()
+    out = engine.generate([[1, 2, 3]], beam)[0]  # what fits is served
+    assert [c.token_ids for c in out.outputs] == beam_search(tiny_model, [1, 2, 3], 4, num_beams=2, eos_token_id=engine.eos_token_ids or None).sequences

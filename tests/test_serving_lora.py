@@ -40,16 +40,38 @@ def models(tmp_path_factory):
     return base, sad, happy, path, merged
 
 
-def _engine(models, **kw):
+def _engine(impl, models, **kw):
     base, _, happy, path, _ = models
-    engine = LLMEngine(copy.deepcopy(base), block_size=4, eos_token_ids=(), **kw)
+    engine = LLMEngine(copy.deepcopy(base), block_size=4, eos_token_ids=(), lora_delta_fn=impl.serving.lora.lora_delta, **kw)
     engine.add_lora("sad", path)  # from Chapter 11's adapter file
     engine.add_lora("happy", happy)  # from a model carrying the adapter
     return engine
 
 
+@pytest.mark.exercise("16.9")
+@pytest.mark.points(2)
+def test_lora_delta_gathers_each_rows_adapter(impl):
+    gen = torch.Generator().manual_seed(0)
+    slots, r, d_in, d_out = 4, 3, 5, 6
+    lora_A = torch.randn(slots, r, d_in, generator=gen, dtype=torch.float64)
+    lora_B = torch.randn(slots, d_out, r, generator=gen, dtype=torch.float64)
+    lora_A[0], lora_B[0], lora_A[2, 2], lora_B[2, :, 2] = 0, 0, 0, 0  # slot 0: the base; slot 2: rank 2, padded
+    scaling = torch.tensor([0.0, 2.0, 0.5, 4.0], dtype=torch.float64)
+    row_slots = torch.tensor([1, 0, 3, 1, 2])
+    for shape in ((5, d_in), (5, 7, d_in)):
+        x = torch.randn(*shape, generator=gen, dtype=torch.float64)
+        got = impl.serving.lora.lora_delta(x, row_slots, lora_A, lora_B, scaling)
+        assert got.shape == (*shape[:-1], d_out)
+        for b, s in enumerate(row_slots.tolist()):  # row b: x_b A_s^T B_s^T * scaling_s
+            expected = x[b] @ (scaling[s] * lora_B[s] @ lora_A[s]).T
+            torch.testing.assert_close(got[b], expected, rtol=1e-12, atol=1e-12)
+        assert torch.all(got[1] == 0)
+
+
+@pytest.mark.exercise("16.9")
+@pytest.mark.points(3)
 @pytest.mark.parametrize("mode,blocks,host", [("recompute", 200, 0), ("recompute", 14, 0), ("swap", 14, 40)])
-def test_mixed_adapter_batch_equals_generate_on_the_merged_models(models, mode, blocks, host):
+def test_mixed_adapter_batch_equals_generate_on_the_merged_models(impl, models, mode, blocks, host):
     *_, merged = models
     rng = random.Random(blocks + host)
     shared = [rng.randrange(64) for _ in range(9)]
@@ -57,7 +79,7 @@ def test_mixed_adapter_batch_equals_generate_on_the_merged_models(models, mode, 
                [rng.randrange(64) for _ in range(rng.randint(1, 20))] for i in range(12)]  # fmt: skip
     names = [[None, "sad", "happy"][i % 3] for i in range(12)]
     lengths = [rng.randint(3, 16) for _ in prompts]
-    engine = _engine(models, num_blocks=blocks, num_host_blocks=host, preemption_mode=mode, max_num_seqs=6,
+    engine = _engine(impl, models, num_blocks=blocks, num_host_blocks=host, preemption_mode=mode, max_num_seqs=6,
                      max_num_batched_tokens=64)  # fmt: skip
     outs = engine.generate(prompts, [SamplingParams(temperature=0, max_tokens=k) for k in lengths], lora=names)
     for out, prompt, name, k in zip(outs, prompts, names, lengths):
@@ -68,12 +90,14 @@ def test_mixed_adapter_batch_equals_generate_on_the_merged_models(models, mode, 
     assert engine.block_manager.num_free_blocks == blocks and not engine.block_manager.namespaces
 
 
-def test_adapters_change_the_output_and_prefix_sharing_keeps_them_apart(models):
+@pytest.mark.exercise("16.9")
+@pytest.mark.points(1)
+def test_adapters_change_the_output_and_prefix_sharing_keeps_them_apart(impl, models):
     *_, merged = models
     prompt = list(range(20, 40))  # 5 full blocks of 4
     expected = {name: generate(merged[name], [prompt], 12).new_tokens[0] for name in merged}
     assert len({tuple(v) for v in expected.values()}) == 3, "the adapters must change the greedy output"
-    engine = _engine(models, num_blocks=60)
+    engine = _engine(impl, models, num_blocks=60)
     engine.add_request(prompt, SamplingParams(temperature=0, max_tokens=12), request_id="base")
     engine.step()
     engine.step()  # the base request's prompt blocks are computed and indexed
@@ -87,9 +111,11 @@ def test_adapters_change_the_output_and_prefix_sharing_keeps_them_apart(models):
     assert engine.block_manager.prefix_hits == 4  # only the base request found the base's 4 cached blocks
 
 
-def test_the_base_matmul_is_shared_and_each_row_adds_its_own_adapter(models):
+@pytest.mark.exercise("16.9")
+@pytest.mark.points(1)
+def test_the_base_matmul_is_shared_and_each_row_adds_its_own_adapter(impl, models):
     base, sad, happy, path, merged = models
-    engine = _engine(models, num_blocks=20)
+    engine = _engine(impl, models, num_blocks=20)
     layer = engine.model.layers[0].attn.q_proj
     assert isinstance(layer, MultiLoRALinear) and torch.equal(layer.base.weight, base.layers[0].attn.q_proj.weight)  # untouched
     x = torch.randn(3, 5, layer.in_features, dtype=torch.float64)
@@ -106,9 +132,11 @@ def test_the_base_matmul_is_shared_and_each_row_adds_its_own_adapter(models):
     assert all(torch.equal(from_file[k][0], from_state[k][0]) and from_file[k][2] == from_state[k][2] == 2.0 for k in from_file)
 
 
-def test_unknown_or_bad_adapters_are_refused(models, tmp_path):
+@pytest.mark.exercise("16.9")
+@pytest.mark.points(1)
+def test_unknown_or_bad_adapters_are_refused(impl, models, tmp_path):
     base, sad, *_ = models
-    engine = _engine(models, num_blocks=20)
+    engine = _engine(impl, models, num_blocks=20)
     with pytest.raises(ValueError, match="'angry'"):
         engine.add_request([1, 2, 3], SamplingParams(max_tokens=2), lora="angry")
     with pytest.raises(ValueError, match="'angry'"):
@@ -132,9 +160,15 @@ def test_unknown_or_bad_adapters_are_refused(models, tmp_path):
     engine.abort_request(rid)
     engine.remove_lora("happy")
     assert engine.lora_adapters == ["sad"]
+    with pytest.raises(ValueError, match="'happy'"):
+        engine.add_request([1, 2, 3], lora="happy")
+    out = engine.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=6), lora="sad")[0]  # what is left still serves
+    assert out.outputs[0].token_ids == generate(models[-1]["sad"], [[1, 2, 3]], 6).new_tokens[0]
 
 
-def test_server_serves_adapters_by_model_name_through_the_openai_client():
+@pytest.mark.exercise("16.9")
+@pytest.mark.points(1)
+def test_server_serves_adapters_by_model_name_through_the_openai_client(impl):
     openai = pytest.importorskip("openai")
     from reference.pretrained import load_pretrained
     from reference.serving.server import Server
@@ -142,7 +176,8 @@ def test_server_serves_adapters_by_model_name_through_the_openai_client():
     base, tokenizer = load_pretrained("llama-tiny")
     sad = _adapted(base, ["q_proj", "v_proj"], r=4, alpha=8.0, seed=1, name="sad")
     merged = ft.merge_and_unload(copy.deepcopy(sad))
-    engine = LLMEngine(copy.deepcopy(base), tokenizer, block_size=16, num_blocks=32, max_num_seqs=8)
+    engine = LLMEngine(copy.deepcopy(base), tokenizer, block_size=16, num_blocks=32, max_num_seqs=8,
+                       lora_delta_fn=impl.serving.lora.lora_delta)  # fmt: skip
     engine.add_lora("sad", sad)
     prompt = "Once upon a time"
     expected = {m: tokenizer.decode(generate(lm, [tokenizer.encode(prompt)], 10).new_tokens[0])

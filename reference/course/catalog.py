@@ -352,9 +352,11 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("16.6", "preemption by recomputation or swapping", "serving.scheduler", "Scheduler.preempt", points=4),
             Exercise("16.7", "iteration-level FCFS scheduling", "serving.scheduler", "Scheduler.schedule", points=7),
             Exercise("16.8", "one beam-search step over all beams x vocabulary", "serving.beam", "beam_step", points=4),
+            Exercise("16.9", "per-row LoRA update over a shared base (gathered adapters)", "serving.lora", "lora_delta",
+                     points=3),
         ),
         tests=("tests/test_serving_blocks.py", "tests/test_serving_attention.py", "tests/test_serving_scheduler.py",
-               "tests/test_serving_beam.py"),
+               "tests/test_serving_beam.py", "tests/test_serving_lora.py"),
     ),
     Chapter(
         number=15,

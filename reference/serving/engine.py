@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from reference.inference.sampling import SamplingParams, TokenHistory, choose_next
 from reference.serving.beam import beam_step
-from reference.serving.lora import LoRARegistry
+from reference.serving.lora import LoRARegistry, lora_delta
 from reference.serving.blocks import BlockManager, blocks_needed
 from reference.serving.paged_attention import gather_kv
 from reference.serving.scheduler import Scheduler, SchedulerOutput
@@ -185,6 +185,7 @@ class LLMEngine:
         eos_token_ids: ids that end a sequence (unless `ignore_eos`); default the tokenizer's stop ids.
         scheduler_cls: the scheduler class (`Scheduler`, or a learner's).
         beam_step_fn: the beam-search step (`reference.serving.beam.beam_step`, or a learner's).
+        lora_delta_fn: the per-row LoRA update (`reference.serving.lora.lora_delta`, or a learner's).
 
     Beam search (`SamplingParams(use_beam_search=True, beam_width=B, length_penalty=...)`): the
     request's beams are sequences of one group; after each step `beam_step_fn` picks the best B
@@ -205,7 +206,7 @@ class LLMEngine:
                  num_host_blocks: int = 0, max_num_seqs: int = 32, max_num_batched_tokens: int | None = None,
                  preemption_mode: str = "recompute", prefix_sharing: bool = True,
                  eos_token_ids: Sequence[int] | None = None, scheduler_cls=Scheduler,
-                 beam_step_fn=beam_step) -> None:  # fmt: skip
+                 beam_step_fn=beam_step, lora_delta_fn=lora_delta) -> None:  # fmt: skip
         cfg = model.config
         self.model, self.tokenizer = model.eval(), tokenizer
         self.context_length = model.context_length
@@ -233,6 +234,7 @@ class LLMEngine:
         self.stats = dict(steps=0, prefill_tokens=0, decode_tokens=0, preemptions=0, swaps=0, copies=0, beam_forks=0)
         self.beam_step_fn = beam_step_fn
         self.lora: LoRARegistry | None = None  # made by the first add_lora
+        self.lora_delta_fn = lora_delta_fn
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -254,7 +256,7 @@ class LLMEngine:
     def add_lora(self, name: str, adapter, *, alpha: float | None = None, adapter_name: str | None = None) -> None:
         """Register LoRA adapter `name` (see `reference.serving.lora.read_adapter` for `adapter`)."""
         if self.lora is None:
-            self.lora = LoRARegistry(self.model)
+            self.lora = LoRARegistry(self.model, self.lora_delta_fn)
         self.lora.add(name, adapter, alpha=alpha, adapter=adapter_name)
 
     def remove_lora(self, name: str) -> None:

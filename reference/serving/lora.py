@@ -90,10 +90,37 @@ def read_adapter(source, *, alpha: float | None = None, adapter: str | None = No
     raise TypeError(f"an adapter must be a file path, a model with LoRA layers or a state dict, got {type(source).__name__}")
 
 
+def lora_delta(x: Tensor, row_slots: Tensor, lora_A: Tensor, lora_B: Tensor, scaling: Tensor) -> Tensor:
+    """Each row's own low-rank update, scaling[s_b] * B[s_b] A[s_b] x[b], s_b = row_slots[b].
+
+    S-LoRA / Punica's gathered product (BGMV): the rows of one batch use different adapters, so each
+    row's A and B are gathered from the stacks by its slot, then two batched products of size r
+    follow. Slot 0 is the base model (its A and B are zeros); ranks below r are zero-padded.
+
+    Args:
+        x: (batch, ..., d_in), the layer's input.
+        row_slots: (batch,) integer slot of each row's adapter.
+        lora_A: (slots, r, d_in) stacked A matrices.
+        lora_B: (slots, d_out, r) stacked B matrices.
+        scaling: (slots,) alpha / r of each slot.
+
+    Returns:
+        (batch, ..., d_out) in lora_A's dtype: what row b adds to the base layer's output.
+    """
+    a, b = lora_A[row_slots], lora_B[row_slots]  # gathered per row: (batch, r, d_in), (batch, d_out, r)
+    h = torch.einsum("b...i,bri->b...r", x.to(a.dtype), a)  # (batch, ..., r)
+    scale = scaling[row_slots].view(-1, *[1] * (x.dim() - 1))
+    return torch.einsum("b...r,bor->b...o", h, b) * scale
+
+
 class MultiLoRALinear(nn.Module):
     """A frozen linear layer and a stack of LoRA adapters, each row of the batch with its own.
 
         y[b] = base(x[b]) + scaling[s_b] * B[s_b] A[s_b] x[b],     s_b = row_slots[b] (0: base only)
+
+    Args:
+        base: the layer to wrap (nn.Linear-like).
+        delta_fn: the per-row update (`lora_delta`, or a learner's).
 
     Attributes:
         base: the wrapped layer (its weight is not changed).
@@ -101,8 +128,9 @@ class MultiLoRALinear(nn.Module):
         row_slots: (batch,) slot of each row of the next forward, or None (every row: the base).
     """
 
-    def __init__(self, base: nn.Module) -> None:
+    def __init__(self, base: nn.Module, delta_fn=lora_delta) -> None:
         super().__init__()
+        self.delta_fn = delta_fn
         if isinstance(base, LoRALinear) or not (hasattr(base, "in_features") and hasattr(base, "out_features")):
             raise TypeError(f"MultiLoRALinear wraps a plain linear layer, got {type(base).__name__}")
         self.base = base
@@ -148,10 +176,7 @@ class MultiLoRALinear(nn.Module):
             return y
         if slots.shape[0] != x.shape[0]:
             raise ValueError(f"row_slots has {slots.shape[0]} rows, the input {x.shape[0]}")
-        a, b = self.lora_A[slots], self.lora_B[slots]  # gathered per row: (batch, r, d_in), (batch, d_out, r)
-        h = torch.einsum("b...i,bri->b...r", x.to(a.dtype), a)
-        delta = torch.einsum("b...r,bor->b...o", h, b) * self.scaling[slots].view(-1, *[1] * (x.dim() - 1))
-        return y + delta.to(y.dtype)
+        return y + self.delta_fn(x, slots, self.lora_A, self.lora_B, self.scaling).to(y.dtype)
 
 
 class LoRARegistry:
@@ -162,8 +187,8 @@ class LoRARegistry:
     name; `rows(slots)` sets every wrapped layer's row slots for one forward pass.
     """
 
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
+    def __init__(self, model: nn.Module, delta_fn=lora_delta) -> None:
+        self.model, self.delta_fn = model, delta_fn
         self.slots: dict[str, int] = {}
         self.layers: dict[str, MultiLoRALinear] = {}
         self.ranks: dict[str, int] = {}
@@ -192,7 +217,7 @@ class LoRARegistry:
         for layer_name, (a, b, scaling) in weights.items():
             layer = self.layers.get(layer_name)
             if layer is None:
-                layer = MultiLoRALinear(modules[layer_name])
+                layer = MultiLoRALinear(modules[layer_name], self.delta_fn)
                 parent, _, child = layer_name.rpartition(".")
                 setattr(self.model.get_submodule(parent) if parent else self.model, child, layer)
                 self.layers[layer_name] = layer
