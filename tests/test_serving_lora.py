@@ -113,6 +113,25 @@ def test_adapters_change_the_output_and_prefix_sharing_keeps_them_apart(impl, mo
 
 @pytest.mark.exercise("16.9")
 @pytest.mark.points(1)
+def test_beam_search_and_parallel_samples_with_an_adapter(impl, models):
+    from reference.inference.beam import beam_search
+
+    *_, merged = models
+    engine = _engine(impl, models, num_blocks=80)
+    prompt = list(range(5, 18))
+    beam = SamplingParams(use_beam_search=True, beam_width=3, n=2, max_tokens=8)
+    outs = engine.generate([prompt, prompt, prompt], [beam, beam, SamplingParams(n=3, temperature=0, max_tokens=8)],
+                           lora=["sad", None, "happy"])  # fmt: skip
+    for out, name in zip(outs[:2], ["sad", None]):
+        assert [c.token_ids for c in out.outputs] == beam_search(merged[name], prompt, 8, num_beams=3, num_return_sequences=2).sequences
+    greedy = generate(merged["happy"], [prompt], 8).new_tokens[0]
+    assert [c.token_ids for c in outs[2].outputs] == [greedy] * 3  # forked samples keep their adapter
+    engine.block_manager.check_invariants()
+    assert engine.block_manager.num_free_blocks == 80 and not engine.block_manager.namespaces
+
+
+@pytest.mark.exercise("16.9")
+@pytest.mark.points(1)
 def test_the_base_matmul_is_shared_and_each_row_adds_its_own_adapter(impl, models):
     base, sad, happy, path, merged = models
     engine = _engine(impl, models, num_blocks=20)
