@@ -31,8 +31,8 @@ from torch import Tensor, nn
 
 from reference.inference.sampling import SamplingParams, TokenHistory, choose_next
 from reference.serving.beam import beam_step
-from reference.serving.lora import LoRARegistry, lora_delta
 from reference.serving.blocks import BlockManager, blocks_needed
+from reference.serving.lora import LoRARegistry, lora_delta
 from reference.serving.paged_attention import gather_kv
 from reference.serving.scheduler import Scheduler, SchedulerOutput
 from reference.serving.scheduler import Sequence as Seq
@@ -304,10 +304,10 @@ class LLMEngine:
         if blocks_needed(longest, self.block_manager.block_size) > self.block_manager.device.num_blocks:
             raise ValueError(f"a sequence of {longest} tokens needs more than the KV cache's "
                              f"{self.block_manager.device.num_blocks} blocks")  # fmt: skip
-        if params.use_beam_search and params.beam_width * blocks_needed(longest, self.block_manager.block_size) > self.block_manager.device.num_blocks:
-            raise ValueError(f"beam search with beam_width={params.beam_width} over {longest} tokens needs up to "
-                             f"{params.beam_width * blocks_needed(longest, self.block_manager.block_size)} blocks (a beam "
-                             f"group recomputed after preemption shares none); the KV cache has "
+        worst = params.beam_width * blocks_needed(longest, self.block_manager.block_size)
+        if params.use_beam_search and worst > self.block_manager.device.num_blocks:
+            raise ValueError(f"beam search with beam_width={params.beam_width} over {longest} tokens needs up to {worst} "
+                             "blocks (a beam group recomputed after preemption shares none); the KV cache has "
                              f"{self.block_manager.device.num_blocks}")  # fmt: skip
         request_id = f"req-{next(self._request_ids)}" if request_id is None else request_id
         if request_id in self.groups:
@@ -456,11 +456,13 @@ class LLMEngine:
         width, penalty = params.beam_width, params.length_penalty
         eos = sorted(set(() if params.ignore_eos else self.eos_token_ids) | set(params.stop_token_ids))
         new_len = len(beams[0].output) + 1
-        live, done = self.beam_step_fn([s.cumulative_logprob for s in beams], torch.log_softmax(logits, dim=-1), width,
-                                       new_len=new_len, length_penalty=penalty, eos_token_ids=eos,
+        logprobs = torch.log_softmax(logits, dim=-1)  # (beams, vocab)
+        live, done = self.beam_step_fn([s.cumulative_logprob for s in beams], logprobs, width, new_len=new_len,
+                                       length_penalty=penalty, eos_token_ids=eos,
                                        last=new_len >= group.data["max_new"])  # fmt: skip
         finished = group.data["beam_finished"]  # (normalised score, tokens, sum of log-probabilities), best first
-        finished += [(score, beams[r].output + [token], score * new_len**penalty) for r, token, score in done]
+        finished += [(score, beams[r].output + [token], beams[r].cumulative_logprob + logprobs[r, token].item())
+                     for r, token, score in done]  # fmt: skip
         finished[:] = sorted(finished, key=lambda h: -h[0])[:width]
         if "first_token" not in group.data:
             group.data["first_token"] = time.perf_counter()
