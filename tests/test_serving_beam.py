@@ -156,3 +156,18 @@ def test_beam_requests_refuse_what_beam_search_would_ignore(impl, tiny_model):
     assert not engine.has_unfinished_requests()
     out = engine.generate([[1, 2, 3]], beam)[0]  # what fits is served
     assert [c.token_ids for c in out.outputs] == beam_search(tiny_model, [1, 2, 3], 4, num_beams=2, eos_token_id=engine.eos_token_ids or None).sequences
+
+
+@pytest.mark.exercise("16.8")
+@pytest.mark.points(1)
+def test_max_num_seqs_counts_the_beams_a_request_will_fork_into(impl, tiny_model):
+    engine = LLMEngine(tiny_model, block_size=4, num_blocks=80, max_num_seqs=4, eos_token_ids=(),
+                       beam_step_fn=impl.serving.beam.beam_step)  # fmt: skip
+    engine.add_request([1, 2, 3], SamplingParams(use_beam_search=True, beam_width=3, max_tokens=6), request_id="beam")
+    engine.add_request([4, 5], SamplingParams(temperature=0, max_tokens=6), request_id="a")
+    engine.add_request([6, 7], SamplingParams(temperature=0, max_tokens=6), request_id="b")
+    most = 0
+    while engine.has_unfinished_requests():
+        engine.step()
+        most = max(most, engine.scheduler.num_running_seqs(), sum(len(g.live) for g in engine.scheduler.running))
+    assert most == 4  # 3 beams + "a"; "b" waits until a slot is free

@@ -313,7 +313,8 @@ class LLMEngine:
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Seq(next(self._seq_ids), ids)
-        group = SequenceGroup(request_id, [seq], params)
+        group = SequenceGroup(request_id, [seq], params,
+                              max_seqs=params.beam_width if params.use_beam_search else params.sequences_to_sample)
         group.data.update(arrival=time.perf_counter(), generator=params.generator(self.device), lora=lora)
         if lora is not None:  # its blocks are shared only with requests of the same adapter
             self.block_manager.namespaces[seq.seq_id] = ("lora", lora)
