@@ -771,6 +771,8 @@ CHAPTER_10 = (
 SRV_B = "reference/serving/blocks.py"
 SRV_A = "reference/serving/paged_attention.py"
 SRV_S = "reference/serving/scheduler.py"
+SRV_BEAM = "reference/serving/beam.py"
+SRV_LORA = "reference/serving/lora.py"
 
 CHAPTER_16 = (
     _m("16.1", SRV_B, "return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]",
@@ -822,6 +824,23 @@ CHAPTER_16 = (
     _m("16.7", SRV_S, "                seq.num_computed = manager.allocate(seq.seq_id, seq.tokens)",
        "                manager.allocate(seq.seq_id, seq.tokens)", "prefix hits not counted as computed"),
     _m("16.7", SRV_S, "            budget -= cost\n", "", "token budget ignored for prefills"),
+    _m("16.8", SRV_BEAM, "keep = max(2, 1 + len(eos)) * num_beams", "keep = num_beams", "only B candidates kept (beams lost to end ids)"),
+    _m("16.8", SRV_BEAM, "for k in range(min(num_beams, len(tokens))) if ends[k]]", "for k in range(len(tokens)) if ends[k]]",
+       "candidates past the first B may finish"),
+    _m("16.8", SRV_BEAM, "values[k] / new_len**length_penalty)", "values[k] / (new_len + 1) ** length_penalty)",
+       "length normalised one token off"),
+    _m("16.8", SRV_BEAM, "ends = [t in eos or last for t in tokens]", "ends = [t in eos for t in tokens]",
+       "the length limit does not end the candidates"),
+    _m("16.8", SRV_BEAM, "total = scores[:, None] + logprobs", "total = logprobs + 0 * scores[:, None]",
+       "beams ranked by the last token alone"),
+    _m("16.9", SRV_LORA, "    return torch.einsum(\"b...r,bor->b...o\", h, b) * scale\n", "    return torch.einsum(\"b...r,bor->b...o\", h, b)\n",
+       "alpha / r not applied"),
+    _m("16.9", SRV_LORA, "a, b = lora_A[row_slots], lora_B[row_slots]", "a, b = lora_A[row_slots], lora_B[row_slots.flip(0)]",
+       "a row gets another row's B"),
+    _m("16.9", SRV_LORA, "scale = scaling[row_slots].view(-1, *[1] * (x.dim() - 1))", "scale = scaling[row_slots].max()",
+       "one scale for every adapter"),
+    _m("16.9", SRV_LORA, "a, b = lora_A[row_slots], lora_B[row_slots]", "a, b = lora_A[row_slots.clamp(max=1)], lora_B[row_slots.clamp(max=1)]",
+       "every adapted row uses the first adapter"),
 )
 
 

@@ -89,7 +89,7 @@ def test_bad_requests(tiny):
     with pytest.raises(ValueError, match="vocab|\\[0"):
         engine.add_request([1, 99999])
     with pytest.raises(ValueError, match="beam"):
-        engine.add_request([1], SamplingParams(use_beam_search=True, beam_width=2, temperature=0))
+        engine.add_request([1], SamplingParams(use_beam_search=True, beam_width=2, temperature=0, stop=["x"]))  # beam + stop strings
     rid = engine.add_request("Once upon a time", SamplingParams(max_tokens=50, ignore_eos=True))
     engine.step()
     assert engine.abort_request(rid) and not engine.has_unfinished_requests()

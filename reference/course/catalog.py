@@ -340,7 +340,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         slug="paged_attention_serving",
         title="PagedAttention and serving",
         survey_section="3.4 PagedAttention, 3.5 Inference Frameworks, 4 Utilization",
-        modules=("serving.blocks", "serving.paged_attention", "serving.scheduler", "serving.engine", "serving.server"),
+        modules=("serving.blocks", "serving.paged_attention", "serving.scheduler", "serving.beam", "serving.engine",
+                 "serving.lora", "serving.server"),
         exercises=(
             Exercise("16.1", "slot mapping through a block table", "serving.blocks", "slot_mapping", points=2),
             Exercise("16.2", "chained prefix hashes of full blocks", "serving.blocks", "block_hashes", points=2),
@@ -350,8 +351,12 @@ CHAPTERS: tuple[Chapter, ...] = (
                      refused=SDPA_LIBRARY),
             Exercise("16.6", "preemption by recomputation or swapping", "serving.scheduler", "Scheduler.preempt", points=4),
             Exercise("16.7", "iteration-level FCFS scheduling", "serving.scheduler", "Scheduler.schedule", points=7),
+            Exercise("16.8", "one beam-search step over all beams x vocabulary", "serving.beam", "beam_step", points=4),
+            Exercise("16.9", "per-row LoRA update over a shared base (gathered adapters)", "serving.lora", "lora_delta",
+                     points=3),
         ),
-        tests=("tests/test_serving_blocks.py", "tests/test_serving_attention.py", "tests/test_serving_scheduler.py"),
+        tests=("tests/test_serving_blocks.py", "tests/test_serving_attention.py", "tests/test_serving_scheduler.py",
+               "tests/test_serving_beam.py", "tests/test_serving_lora.py"),
     ),
     Chapter(
         number=15,

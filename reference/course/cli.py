@@ -132,8 +132,14 @@ def cmd_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """`llm-course serve`: Chapter 16's engine behind OpenAI's API (reference.serving.server)."""
     from reference.serving.server import serve
 
+    adapters = {}
+    for spec in args.lora or ():  # NAME=PATH: a Chapter 11 adapter file served as model "<base>:NAME"
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--lora takes NAME=PATH, got {spec!r}")
+        adapters[name] = path
     serve(args.model, host=args.host, port=args.port, api_key=args.api_key, num_blocks=args.num_blocks,
-          max_num_seqs=args.max_num_seqs)  # fmt: skip
+          max_num_seqs=args.max_num_seqs, lora=adapters)  # fmt: skip
     return 0
 
 
@@ -177,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     serving.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (else 401)")
     serving.add_argument("--num-blocks", type=int, default=None, help="KV cache blocks of 16 tokens (default: as many as fit in 512 MiB)")
     serving.add_argument("--max-num-seqs", type=int, default=16, help="most sequences per step (default: 16)")
+    serving.add_argument("--lora", action="append", metavar="NAME=PATH", help="serve a LoRA adapter file (Chapter 11's "
+                         "save_adapter) as model '<model>:NAME'; repeatable")  # fmt: skip
     serving.set_defaults(run=cmd_serve)
     # `pretrain` is handed to the trainer's own parser by `main` (its options: llm-course pretrain --help)
     sub.add_parser("pretrain", help="pre-train a language model from a JSON config (Chapter 6)", add_help=False)

@@ -7,6 +7,8 @@ Survey sections 3.4 (PagedAttention), 3.5 (inference frameworks) and 4 (utilizat
 - `paged_attention`: attention that reads keys and values through a block table;
 - `scheduler`: iteration-level (continuous) batching with preemption (Yu et al., 2022, "Orca",
   section 3; Kwon et al., 2023, section 4.5);
+- `beam`: one step of beam search over a request's beams (their blocks shared, copied on write);
+- `lora`: many LoRA adapters in one batch over a shared base (S-LoRA, Punica);
 - `engine`: `LLMEngine`, the loop that ties them to a `TransformerLM`;
 - `server`: an OpenAI-compatible HTTP server (FastAPI) in front of the engine.
 """

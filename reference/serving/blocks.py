@@ -236,6 +236,9 @@ class BlockManager:
         self.swapped: dict[Hashable, BlockTable] = {}  # block ids in the host pool
         self._by_hash: dict[int, int] = {}  # prefix key -> device block
         self._hash_of: dict[int, int] = {}  # device block -> its prefix key
+        # sequence -> the namespace its prefix keys start from (None: the base model); sequences
+        # served with different LoRA adapters hold different keys and values for the same tokens
+        self.namespaces: dict[Hashable, Hashable] = {}
         self.prefix_hits = 0  # blocks reused through prefix sharing, in all
 
     # -- queries ---------------------------------------------------------------------------------
@@ -261,14 +264,14 @@ class BlockManager:
         except KeyError:
             raise KeyError(f"sequence {seq_id!r} has no blocks on the device") from None
 
-    def _cached_prefix(self, token_ids: Sequence[int]) -> list[int]:
+    def _cached_prefix(self, token_ids: Sequence[int], namespace: Hashable | None = None) -> list[int]:
         """Device blocks that already hold the prompt's leading full blocks (never the block of
-        the last token: its logits must be computed)."""
+        the last token: its logits must be computed), keys chained from `namespace`."""
         if not self.prefix_sharing:
             return []
         usable = (len(token_ids) - 1) // self.block_size
         found = []
-        for h in self.hash_blocks(token_ids[: usable * self.block_size], self.block_size):
+        for h in self.hash_blocks(token_ids[: usable * self.block_size], self.block_size, namespace):
             if h not in self._by_hash:
                 break
             found.append(self._by_hash[h])
@@ -297,7 +300,8 @@ class BlockManager:
             raise ValueError(f"sequence {seq_id!r} already has blocks")
         if not token_ids:
             raise ValueError("a sequence needs at least one token")
-        cached = self._cached_prefix(token_ids)
+        namespace = self.namespaces.get(seq_id)
+        cached = self._cached_prefix(token_ids, namespace)
         need = blocks_needed(len(token_ids), self.block_size) - len(cached)
         if need > self.device.num_free:
             raise NoFreeBlocksError(f"sequence {seq_id!r} needs {need} blocks of the device KV cache, "
@@ -306,7 +310,7 @@ class BlockManager:
         for block in cached:
             self.device.incref(block)
         table.blocks = list(cached)
-        table.hashes = self.hash_blocks(token_ids[: len(cached) * self.block_size], self.block_size)
+        table.hashes = self.hash_blocks(token_ids[: len(cached) * self.block_size], self.block_size, namespace)
         self.prefix_hits += len(cached)
         while len(table.blocks) < blocks_needed(len(token_ids), self.block_size):
             table.blocks.append(self.device.allocate())
@@ -348,7 +352,7 @@ class BlockManager:
         full = min(num_computed, len(token_ids), table.num_tokens) // self.block_size
         if full <= len(table.hashes):
             return
-        parent = table.hashes[-1] if table.hashes else None
+        parent = table.hashes[-1] if table.hashes else self.namespaces.get(seq_id)
         start = len(table.hashes)
         new = self.hash_blocks(token_ids[start * self.block_size : full * self.block_size], self.block_size, parent)
         for i, h in enumerate(new, start=start):
@@ -366,6 +370,8 @@ class BlockManager:
         for block in parent.blocks:
             self.device.incref(block)
         self.tables[child_id] = BlockTable(list(parent.blocks), parent.num_tokens, list(parent.hashes))
+        if parent_id in self.namespaces:
+            self.namespaces[child_id] = self.namespaces[parent_id]
 
     def _release(self, block: int) -> None:
         if self.device.free(block) and block in self._hash_of:  # last owner gone: forget its prefix key

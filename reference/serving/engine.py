@@ -30,7 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from reference.inference.sampling import SamplingParams, TokenHistory, choose_next
+from reference.serving.beam import beam_step
 from reference.serving.blocks import BlockManager, blocks_needed
+from reference.serving.lora import LoRARegistry, lora_delta
 from reference.serving.paged_attention import gather_kv
 from reference.serving.scheduler import Scheduler, SchedulerOutput
 from reference.serving.scheduler import Sequence as Seq
@@ -143,13 +145,15 @@ class PagedKVCache:
 
 @dataclass
 class CompletionOutput:
-    """One of a request's n outputs: its new ids, text, finish reason and sum of log-probabilities."""
+    """One of a request's n outputs: its new ids, text, finish reason and sum of log-probabilities
+    (and, for beam search, the length-normalised score it was ranked by)."""
 
     index: int
     token_ids: list[int]
     text: str
     finish_reason: str | None
     cumulative_logprob: float
+    score: float | None = None  # beam search: the finished hypothesis's length-normalised score
 
 
 @dataclass
@@ -180,12 +184,29 @@ class LLMEngine:
         prefix_sharing: share full prompt blocks between requests (and skip their computation).
         eos_token_ids: ids that end a sequence (unless `ignore_eos`); default the tokenizer's stop ids.
         scheduler_cls: the scheduler class (`Scheduler`, or a learner's).
+        beam_step_fn: the beam-search step (`reference.serving.beam.beam_step`, or a learner's).
+        lora_delta_fn: the per-row LoRA update (`reference.serving.lora.lora_delta`, or a learner's).
+
+    Beam search (`SamplingParams(use_beam_search=True, beam_width=B, length_penalty=...)`): the
+    request's beams are sequences of one group; after each step `beam_step_fn` picks the best B
+    candidates over all beams x vocabulary, a beam continued by several candidates is forked (its
+    blocks shared, copied on write by the next `append_slots`) and a beam continued by none is
+    freed (vLLM section 4.4). The n best finished hypotheses are returned, with their scores; they
+    equal Chapter 15's `reference.inference.beam.beam_search` (Hugging Face's rules).
+
+    LoRA adapters (Chapter 11): `add_lora(name, adapter)` registers one (a `save_adapter` file, a
+    model with LoRA layers, or a state dict and its alpha) and `add_request(..., lora=name)` serves
+    a request with it. Requests of different adapters and of the base model run in one batch: the
+    base matmul is shared and each row adds its own adapter's (alpha / r) B A x
+    (`reference.serving.lora.MultiLoRALinear`, S-LoRA / Punica). The adapted layers of `model` are
+    wrapped in place; prefix sharing keys blocks by adapter too.
     """
 
     def __init__(self, model: nn.Module, tokenizer=None, *, block_size: int = 16, num_blocks: int | None = None,
                  num_host_blocks: int = 0, max_num_seqs: int = 32, max_num_batched_tokens: int | None = None,
                  preemption_mode: str = "recompute", prefix_sharing: bool = True,
-                 eos_token_ids: Sequence[int] | None = None, scheduler_cls=Scheduler) -> None:  # fmt: skip
+                 eos_token_ids: Sequence[int] | None = None, scheduler_cls=Scheduler,
+                 beam_step_fn=beam_step, lora_delta_fn=lora_delta) -> None:  # fmt: skip
         cfg = model.config
         self.model, self.tokenizer = model.eval(), tokenizer
         self.context_length = model.context_length
@@ -210,7 +231,10 @@ class LLMEngine:
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
         self.groups: dict[Hashable, SequenceGroup] = {}
-        self.stats = dict(steps=0, prefill_tokens=0, decode_tokens=0, preemptions=0, swaps=0, copies=0)
+        self.stats = dict(steps=0, prefill_tokens=0, decode_tokens=0, preemptions=0, swaps=0, copies=0, beam_forks=0)
+        self.beam_step_fn = beam_step_fn
+        self.lora: LoRARegistry | None = None  # made by the first add_lora
+        self.lora_delta_fn = lora_delta_fn
 
     # -- requests --------------------------------------------------------------------------------
 
@@ -229,15 +253,44 @@ class LLMEngine:
             raise ValueError(f"prompt token ids must lie in [0, {vocab})")
         return ids
 
+    def add_lora(self, name: str, adapter, *, alpha: float | None = None, adapter_name: str | None = None) -> None:
+        """Register LoRA adapter `name` (see `reference.serving.lora.read_adapter` for `adapter`)."""
+        if self.lora is None:
+            self.lora = LoRARegistry(self.model, self.lora_delta_fn)
+        self.lora.add(name, adapter, alpha=alpha, adapter=adapter_name)
+
+    def remove_lora(self, name: str) -> None:
+        """Forget adapter `name`; ValueError while a request uses it."""
+        self._lora_slot(name)
+        if any(g.data.get("lora") == name for g in self.groups.values()):
+            raise ValueError(f"LoRA adapter {name!r} is in use by a request")
+        self.lora.remove(name)
+
+    @property
+    def lora_adapters(self) -> list[str]:
+        """The registered adapters' names."""
+        return [] if self.lora is None else self.lora.names
+
+    def _lora_slot(self, name: str | None) -> int:
+        if name is None:
+            return 0
+        if not isinstance(name, str):
+            raise TypeError(f"lora must be an adapter name (str) or None, got {type(name).__name__}")
+        if self.lora is None:
+            raise ValueError(f"unknown LoRA adapter {name!r}; registered adapters: none")
+        return self.lora.slot(name)
+
     def add_request(self, prompt: str | Sequence[int], sampling_params: SamplingParams | None = None,
-                    request_id: Hashable | None = None) -> Hashable:  # fmt: skip
-        """Queue a request; returns its id. ValueError for a prompt that could never be served
-        (empty, as long as the context or longer, or more than the token budget or the KV pool)."""
+                    request_id: Hashable | None = None, *, lora: str | None = None) -> Hashable:  # fmt: skip
+        """Queue a request, served with LoRA adapter `lora` (None: the base model); returns its id.
+        ValueError for an unknown adapter or a prompt that could never be served (empty, as long as
+        the context or longer, or more than the token budget or the KV pool)."""
+        self._lora_slot(lora)
         params = SamplingParams() if sampling_params is None else sampling_params
         if not isinstance(params, SamplingParams):
             raise TypeError(f"sampling_params must be a SamplingParams, got {type(params).__name__}")
         if params.use_beam_search:
-            raise ValueError("beam search is not served by LLMEngine (use n/best_of sampling)")
+            self._check_beam_params(params)
         ids = self.encode(prompt)
         if not ids:
             raise ValueError("the prompt is empty")
@@ -251,15 +304,39 @@ class LLMEngine:
         if blocks_needed(longest, self.block_manager.block_size) > self.block_manager.device.num_blocks:
             raise ValueError(f"a sequence of {longest} tokens needs more than the KV cache's "
                              f"{self.block_manager.device.num_blocks} blocks")  # fmt: skip
+        worst = params.beam_width * blocks_needed(longest, self.block_manager.block_size)
+        if params.use_beam_search and worst > self.block_manager.device.num_blocks:
+            raise ValueError(f"beam search with beam_width={params.beam_width} over {longest} tokens needs up to {worst} "
+                             "blocks (a beam group recomputed after preemption shares none); the KV cache has "
+                             f"{self.block_manager.device.num_blocks}")  # fmt: skip
         request_id = f"req-{next(self._request_ids)}" if request_id is None else request_id
         if request_id in self.groups:
             raise ValueError(f"request id {request_id!r} is already in use")
         seq = Seq(next(self._seq_ids), ids)
-        group = SequenceGroup(request_id, [seq], params)
-        group.data.update(arrival=time.perf_counter(), generator=params.generator(self.device))
+        group = SequenceGroup(request_id, [seq], params,
+                              max_seqs=params.beam_width if params.use_beam_search else params.sequences_to_sample)
+        group.data.update(arrival=time.perf_counter(), generator=params.generator(self.device), lora=lora)
+        if lora is not None:  # its blocks are shared only with requests of the same adapter
+            self.block_manager.namespaces[seq.seq_id] = ("lora", lora)
+        if params.use_beam_search:  # the length limit of beam.py: max_new_tokens within the context
+            group.data.update(beam_finished=[], max_new=min(params.max_tokens, self.context_length - len(ids)))
         self.groups[request_id] = group
         self.scheduler.add(group)
         return request_id
+
+    @staticmethod
+    def _check_beam_params(params: SamplingParams) -> None:
+        """Beam search scores raw log-probabilities with Hugging Face's rules; refuse what it would ignore."""
+        if params.max_tokens < 1:
+            raise ValueError(f"beam search needs max_tokens >= 1, got {params.max_tokens}")
+        unsupported = dict(best_of=params.best_of is not None, stop=bool(params.stop), min_tokens=params.min_tokens > 0,
+                           repetition_penalty=params.repetition_penalty != 1.0,
+                           frequency_penalty=params.frequency_penalty != 0.0,
+                           presence_penalty=params.presence_penalty != 0.0)  # fmt: skip
+        bad = [name for name, used in unsupported.items() if used]
+        if bad:
+            raise ValueError(f"LLMEngine's beam search does not support {', '.join(bad)} (beam_width beams are "
+                             "kept and scored by their log-probabilities alone, as Hugging Face's generate does)")  # fmt: skip
 
     def abort_request(self, request_id: Hashable) -> bool:
         """Stop a request and free its blocks at once; False if it is unknown or already done."""
@@ -267,7 +344,12 @@ class LLMEngine:
         if group is None:
             return False
         self.scheduler.abort(request_id)
+        self._forget(group)
         return True
+
+    def _forget(self, group: SequenceGroup) -> None:
+        for seq in group.seqs:
+            self.block_manager.namespaces.pop(seq.seq_id, None)
 
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -297,7 +379,7 @@ class LLMEngine:
         advanced: dict[Hashable, SequenceGroup] = {}
         for rows in (decode_rows, prefill_rows):
             if rows:
-                logits = self._forward([s for _, s in rows])  # (rows, vocab) float32
+                logits = self._forward([s for _, s in rows], [g.data.get("lora") for g, _ in rows])  # (rows, vocab) float32
                 self._sample(rows, logits)
                 for g, _ in rows:
                     advanced[g.request_id] = g
@@ -305,10 +387,12 @@ class LLMEngine:
         for group in self.scheduler.finish_done():
             group.data["finished"] = time.perf_counter()
             self.groups.pop(group.request_id, None)
+            self._forget(group)
         return outputs
 
-    def _forward(self, seqs: list[Seq]) -> Tensor:
-        """Run each sequence's uncached tokens; returns the last position's logits, (rows, vocab)."""
+    def _forward(self, seqs: list[Seq], loras: Sequence[str | None] | None = None) -> Tensor:
+        """Run each sequence's uncached tokens (row b with adapter loras[b]); returns the last
+        position's logits, (rows, vocab)."""
         starts = [s.num_computed for s in seqs]
         ends = [len(s) for s in seqs]
         width = max(e - b for b, e in zip(starts, ends))
@@ -317,7 +401,11 @@ class LLMEngine:
             ids[r, width - (e - b):] = torch.tensor(s.tokens[b:e])
         tables = [self.block_manager.block_table(s.seq_id) for s in seqs]
         self.cache.prepare(tables, starts, ends, width)
-        logits = self.model(ids.to(self.device), positions=self.cache.positions, cache=self.cache, last_only=True)[:, -1]
+        if self.lora is not None and loras is not None and any(name is not None for name in loras):
+            with self.lora.rows([self.lora.slot(name) for name in loras], device=self.device):
+                logits = self.model(ids.to(self.device), positions=self.cache.positions, cache=self.cache, last_only=True)[:, -1]
+        else:
+            logits = self.model(ids.to(self.device), positions=self.cache.positions, cache=self.cache, last_only=True)[:, -1]
         for s, e in zip(seqs, ends):
             s.num_computed = e
             self.block_manager.commit(s.seq_id, s.tokens, e)
@@ -331,6 +419,10 @@ class LLMEngine:
             group = rows[index[0]][0]
             params: SamplingParams = group.params
             seqs = [rows[r][1] for r in index]
+            if params.use_beam_search:
+                group.forked = True
+                self._beam_step(group, seqs, logits[torch.tensor(index, device=logits.device)])
+                continue
             if not group.forked:
                 group.forked = True
                 wanted = params.sequences_to_sample
@@ -358,6 +450,54 @@ class LLMEngine:
                 if seq.finished:
                     self.block_manager.free(seq.seq_id)
 
+    def _beam_step(self, group: SequenceGroup, beams: list[Seq], logits: Tensor) -> None:
+        """Advance a beam-search group by one token: choose the candidates, record the finished
+        hypotheses, fork beams continued by several candidates, free beams continued by none."""
+        params: SamplingParams = group.params
+        width, penalty = params.beam_width, params.length_penalty
+        eos = sorted(set(() if params.ignore_eos else self.eos_token_ids) | set(params.stop_token_ids))
+        new_len = len(beams[0].output) + 1
+        logprobs = torch.log_softmax(logits, dim=-1)  # (beams, vocab)
+        live, done = self.beam_step_fn([s.cumulative_logprob for s in beams], logprobs, width, new_len=new_len,
+                                       length_penalty=penalty, eos_token_ids=eos,
+                                       last=new_len >= group.data["max_new"])  # fmt: skip
+        finished = group.data["beam_finished"]  # (normalised score, tokens, sum of log-probabilities), best first
+        finished += [(score, beams[r].output + [token], beams[r].cumulative_logprob + logprobs[r, token].item())
+                     for r, token, score in done]  # fmt: skip
+        finished[:] = sorted(finished, key=lambda h: -h[0])[:width]
+        if "first_token" not in group.data:
+            group.data["first_token"] = time.perf_counter()
+        if len(live) < width:  # the length limit: nothing left to extend
+            self._end_beams(group)
+            return
+        plan, continued = [], set()
+        for r, token, total in live:  # forks first, from the parents as they were
+            parent = beams[r]
+            if r in continued:
+                child = Seq(next(self._seq_ids), list(parent.prompt), list(parent.output), parent.num_computed)
+                self.block_manager.fork(parent.seq_id, child.seq_id)
+                self.stats["beam_forks"] += 1
+            else:
+                continued.add(r)
+                child = parent
+            plan.append((child, token, total))
+        for r, beam in enumerate(beams):
+            if r not in continued:  # no candidate continues this beam: its blocks go back at once
+                self.block_manager.free(beam.seq_id)
+                self.block_manager.namespaces.pop(beam.seq_id, None)
+        for child, token, total in plan:
+            child.output.append(token)
+            child.cumulative_logprob = total
+        group.seqs = [child for child, _, _ in plan]  # in candidate order, as beam.py keeps its rows
+        best = max(total for _, _, total in plan)
+        if len(finished) == width and best / new_len**penalty <= finished[-1][0]:
+            self._end_beams(group)  # no running beam can beat the worst finished hypothesis
+
+    def _end_beams(self, group: SequenceGroup) -> None:
+        for seq in group.seqs:
+            seq.finish_reason = seq.finish_reason or "beam_done"
+            self.block_manager.free(seq.seq_id)
+
     def _check_stop(self, seq: Seq, params: SamplingParams, eos: Sequence[int]) -> None:
         token, n = seq.output[-1], len(seq.output)
         if n >= params.min_tokens and (token in eos or token in params.stop_token_ids):
@@ -371,6 +511,8 @@ class LLMEngine:
 
     def _output(self, group: SequenceGroup) -> RequestOutput:
         params: SamplingParams = group.params
+        if params.use_beam_search:
+            return self._beam_output(group)
         seqs = list(group.seqs)
         if group.finished and params.sequences_to_sample > params.n:  # best_of: keep the n most probable
             seqs = sorted(seqs, key=lambda s: -s.cumulative_logprob)[: params.n]
@@ -378,6 +520,22 @@ class LLMEngine:
                                     s.finish_reason, s.cumulative_logprob) for i, s in enumerate(seqs)]  # fmt: skip
         metrics = {k: group.data[k] for k in ("arrival", "first_token") if k in group.data}
         return RequestOutput(group.request_id, list(group.seqs[0].prompt), outputs, group.finished, metrics)
+
+    def _beam_output(self, group: SequenceGroup) -> RequestOutput:
+        """Finished: the n best hypotheses with their scores; running: the n best live beams."""
+        params: SamplingParams = group.params
+        prompt = list(group.seqs[0].prompt)
+        eos = set(() if params.ignore_eos else self.eos_token_ids) | set(params.stop_token_ids)
+        outputs = []
+        if group.finished:
+            for i, (score, tokens, total) in enumerate(group.data["beam_finished"][: params.n]):
+                seq = Seq(-1, prompt, list(tokens), finish_reason="stop" if tokens[-1] in eos else "length")
+                outputs.append(CompletionOutput(i, list(tokens), self._text(seq, params), seq.finish_reason, total, score))
+        else:
+            for i, seq in enumerate(sorted(group.seqs, key=lambda s: -s.cumulative_logprob)[: params.n]):
+                outputs.append(CompletionOutput(i, list(seq.output), self._text(seq, params), None, seq.cumulative_logprob))
+        metrics = {k: group.data[k] for k in ("arrival", "first_token") if k in group.data}
+        return RequestOutput(group.request_id, prompt, outputs, group.finished, metrics)
 
     def _text(self, seq: Seq, params: SamplingParams) -> str:
         if self.tokenizer is None:
@@ -392,15 +550,19 @@ class LLMEngine:
     # -- many at once ----------------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[str | Sequence[int]] | str,
-                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None) -> list[RequestOutput]:  # fmt: skip
+                 sampling_params: SamplingParams | Sequence[SamplingParams] | None = None, *,
+                 lora: str | None | Sequence[str | None] = None) -> list[RequestOutput]:  # fmt: skip
         """Run prompts to completion, all admitted at once and batched continuously; the outputs
-        come back in the prompts' order."""
+        come back in the prompts' order. `lora`: one adapter name (or None) for all, or one per prompt."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
         if len(params) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(params)} sampling parameters")
-        ids = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
+        loras = list(lora) if isinstance(lora, (list, tuple)) else [lora] * len(prompts)
+        if len(loras) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(loras)} LoRA adapter names")
+        ids = [self.add_request(p, sp, lora=name) for p, sp, name in zip(prompts, params, loras)]
         final: dict[Hashable, RequestOutput] = {}
         while self.has_unfinished_requests():
             for output in self.step():

@@ -77,6 +77,7 @@ class SequenceGroup:
     arrival: int = field(default_factory=lambda: next(_arrivals))
     status: str = "waiting"  # waiting, running, swapped, finished
     forked: bool = False  # the n samples were made (after the first prefill)
+    max_seqs: int = 1  # the live sequences it forks into after its first step (best_of samples, beam_width beams)
     data: dict = field(default_factory=dict)  # the engine's bookkeeping (timings, stop strings)
 
     @property
@@ -195,11 +196,14 @@ class SchedulerBase:
         return bool(self.waiting or self.running or self.swapped)
 
     def num_running_seqs(self) -> int:
-        return sum(len(g.live) for g in self.running)
+        """Live sequences of the running groups; a group not forked yet counts as the sequences it
+        will fork into (`max_seqs`), so that max_num_seqs holds after its first step too."""
+        return sum(len(g.live) if g.forked else max(len(g.live), g.max_seqs) for g in self.running)
 
     def cached_tokens(self, seq: Sequence) -> int:
         """Leading tokens of the sequence that prefix sharing would find computed."""
-        return len(self.block_manager._cached_prefix(seq.tokens)) * self.block_manager.block_size
+        manager = self.block_manager
+        return len(manager._cached_prefix(seq.tokens, manager.namespaces.get(seq.seq_id))) * manager.block_size
 
     def blocks_to_admit(self, group: SequenceGroup) -> int:
         """Device blocks the group's live sequences need to be admitted (prefix hits excluded)."""

@@ -12,6 +12,10 @@ every request in flight (continuous batching). A client that disconnects has its
 which frees its blocks at the next step. Errors have OpenAI's shape,
 {"error": {"message", "type", "param", "code"}}, with status 400 (bad request), 401 (no or wrong
 API key), 404 (unknown model) or 500.
+
+LoRA adapters registered on the engine (`engine.add_lora`) are models of their own: a request's
+`model` is the base model's name, "<base>:<adapter>" or the adapter's bare name (vLLM's
+convention), and /v1/models lists each adapter with the base as its parent.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ DEFAULT_PORT = 8000
 class EngineLoop:
     """Runs `engine.step()` in a background thread while there is work.
 
-    `submit(prompt, params, on_output)` queues a request (ValueError/TypeError come back at once);
+    `submit(prompt, params, on_output, lora=None)` queues a request (with LoRA adapter `lora`) (ValueError/TypeError come back at once);
     `on_output(RequestOutput | Exception)` is called from the engine thread after each step that
     advanced it. `abort(request_id)` stops one. `stop()` ends the thread (and aborts what is left).
     """
@@ -52,11 +56,11 @@ class EngineLoop:
         self._thread = threading.Thread(target=self._run, name="llm-engine", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt, params: SamplingParams, on_output) -> Hashable:
+    def submit(self, prompt, params: SamplingParams, on_output, lora: str | None = None) -> Hashable:
         request_id = f"cmpl-{next(self._ids)}-{secrets.token_hex(4)}"
         done = threading.Event()
         box: dict = {}
-        self._commands.put(("add", request_id, prompt, params, on_output, done, box))
+        self._commands.put(("add", request_id, prompt, params, on_output, done, box, lora))
         done.wait()
         if "error" in box:
             raise box["error"]
@@ -72,9 +76,9 @@ class EngineLoop:
             return
         while True:
             if command[0] == "add":
-                _, request_id, prompt, params, on_output, done, box = command
+                _, request_id, prompt, params, on_output, done, box, lora = command
                 try:
-                    self.engine.add_request(prompt, params, request_id=request_id)
+                    self.engine.add_request(prompt, params, request_id=request_id, lora=lora)
                     self._callbacks[request_id] = on_output
                 except (ValueError, TypeError) as error:
                     box["error"] = error
@@ -209,8 +213,21 @@ def create_app(engine: LLMEngine, model_name: str, *, api_key: str | None = None
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": app.state.created,
-                                            "owned_by": "understanding-llms"}]}  # fmt: skip
+        entry = {"object": "model", "created": app.state.created, "owned_by": "understanding-llms"}
+        adapters = [entry | {"id": f"{model_name}:{name}", "parent": model_name} for name in engine.lora_adapters]
+        return {"object": "list", "data": [entry | {"id": model_name}] + adapters}
+
+    def _adapter(requested) -> str | None:
+        """The LoRA adapter a request's `model` names (None: the base model); 404 for anything else."""
+        if requested == model_name:
+            return None
+        if isinstance(requested, str):
+            name = requested[len(model_name) + 1 :] if requested.startswith(model_name + ":") else requested
+            if name in engine.lora_adapters:
+                return name
+        known = ", ".join(f"'{m}'" for m in [model_name] + [f"{model_name}:{a}" for a in engine.lora_adapters])
+        raise APIError(404, f"The model '{requested}' does not exist; this server has {known}.",
+                       param="model", code="model_not_found")  # fmt: skip
 
     async def _body(request: Request) -> dict:
         try:
@@ -219,17 +236,15 @@ def create_app(engine: LLMEngine, model_name: str, *, api_key: str | None = None
             raise APIError(400, f"the request body is not valid JSON: {error}") from None
         if not isinstance(body, dict):
             raise APIError(400, "the request body must be a JSON object")
-        if body.get("model") != model_name:
-            raise APIError(404, f"The model '{body.get('model')}' does not exist; this server has '{model_name}'.",
-                           param="model", code="model_not_found")  # fmt: skip
+        body["_lora"] = _adapter(body.get("model"))
         return body
 
-    async def _submit(request: Request, prompt, params: SamplingParams):
+    async def _submit(request: Request, prompt, params: SamplingParams, lora: str | None = None):
         loop = asyncio.get_running_loop()
         outputs: asyncio.Queue = asyncio.Queue()
         try:
             request_id = await asyncio.to_thread(
-                app.state.loop.submit, prompt, params, lambda o: loop.call_soon_threadsafe(outputs.put_nowait, o))
+                app.state.loop.submit, prompt, params, lambda o: loop.call_soon_threadsafe(outputs.put_nowait, o), lora)
         except (ValueError, TypeError) as error:
             raise APIError(400, str(error), param="prompt" if "prompt" in str(error) else None) from None
         return request_id, outputs
@@ -258,12 +273,12 @@ def create_app(engine: LLMEngine, model_name: str, *, api_key: str | None = None
 
     async def _serve(request: Request, body: dict, prompt, kind: str):
         params = _params(body, max_tokens_default)
-        request_id, outputs = await _submit(request, prompt, params)
-        created = int(time.time())
+        request_id, outputs = await _submit(request, prompt, params, body["_lora"])
+        created, name = int(time.time()), body["model"]
         obj = "chat.completion" if kind == "chat" else "text_completion"
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return StreamingResponse(_stream(request, request_id, outputs, created, kind, include_usage),
+            return StreamingResponse(_stream(request, request_id, outputs, created, kind, include_usage, name),
                                      media_type="text/event-stream")  # fmt: skip
         final = None
         try:
@@ -281,10 +296,10 @@ def create_app(engine: LLMEngine, model_name: str, *, api_key: str | None = None
                                 "finish_reason": _finish(c.finish_reason), "logprobs": None})  # fmt: skip
             else:
                 choices.append({"index": c.index, "text": c.text, "finish_reason": _finish(c.finish_reason), "logprobs": None})
-        return {"id": request_id, "object": obj, "created": created, "model": model_name, "choices": choices,
+        return {"id": request_id, "object": obj, "created": created, "model": name, "choices": choices,
                 "usage": _usage(final)}  # fmt: skip
 
-    async def _stream(request, request_id, outputs, created, kind, include_usage):
+    async def _stream(request, request_id, outputs, created, kind, include_usage, model_name=model_name):
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
         shown: dict[int, str] = {}
         finished: set[int] = set()
@@ -398,9 +413,11 @@ class Server:
 
 
 def serve(model: str = "smollm2-135m-instruct", *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
-          api_key: str | None = None, num_blocks: int | None = None, max_num_seqs: int = 16) -> None:  # fmt: skip
+          api_key: str | None = None, num_blocks: int | None = None, max_num_seqs: int = 16,
+          lora: dict[str, str] | None = None) -> None:  # fmt: skip
     """Load a course model and serve it until interrupted (what `llm-course serve` runs); the KV
-    cache gets `num_blocks` blocks of 16 tokens, by default as many as fit in 512 MiB."""
+    cache gets `num_blocks` blocks of 16 tokens, by default as many as fit in 512 MiB. `lora`:
+    {name: adapter file} served as models "<model>:<name>"."""
     import uvicorn
 
     from reference.pretrained import load_pretrained
@@ -413,5 +430,7 @@ def serve(model: str = "smollm2-135m-instruct", *, host: str = DEFAULT_HOST, por
         per_block = 2 * cfg["num_layers"] * 16 * (cfg.get("num_kv_heads") or cfg["num_heads"]) * (cfg["d_model"] // cfg["num_heads"])
         num_blocks = max(1, (512 << 20) // (per_block * next(lm.parameters()).element_size()))
     engine = LLMEngine(lm, tokenizer, num_blocks=num_blocks, max_num_seqs=max_num_seqs)
+    for name, path in (lora or {}).items():
+        engine.add_lora(name, path)
     print(f"serving {model} at http://{host}:{port}/v1 (OpenAI-compatible); Ctrl-C stops")
     uvicorn.run(create_app(engine, model, api_key=api_key), host=host, port=port, log_level="info")
