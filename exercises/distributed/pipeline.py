@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from reference.attention import causal_mask
 from reference.distributed import p2p
 
-SCHEDULE_NAMES = ("gpipe", "1f1b")
+SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,13 +55,39 @@ def one_f_one_b_order(num_stages: int, num_microbatches: int, stage: int) -> lis
     raise NotImplementedError("Exercise 9.8: 1F1B (PipeDream-Flush) schedule")
 
 
+def _check_chunks(num_stages: int, num_microbatches: int, num_chunks: int) -> None:
+    if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 2:
+        raise ValueError(f"num_chunks must be an int >= 2 (one chunk per rank is plain 1F1B), got {num_chunks!r}")
+    if num_microbatches % num_stages:
+        raise ValueError(f"num_microbatches={num_microbatches} must be a multiple of num_stages={num_stages}: "
+                         "the interleaved schedule runs micro-batches in groups of p")
+
+
+def interleaved_order(num_stages: int, num_microbatches: int, stage: int, num_chunks: int) -> list[tuple[str, int, int]]:
+    """Interleaved 1F1B actions on rank `stage` of p = `num_stages`: [(kind, micro-batch, chunk), ...].
+
+    The rank holds `num_chunks` = v model chunks; its chunk c is virtual stage c p + stage of p v.
+    Counting the rank's m v forwards k = 0, 1, ..., forward k runs chunk (k mod p v) // p on
+    micro-batch (k // p v) p + k mod p: a group of p micro-batches through chunk 0, the same group
+    through chunk 1, ..., then the next group. Backward k takes the chunks the other way round,
+    v - 1 - (k mod p v) // p, on the same micro-batch. Warm-up: w = min((v - 1) p + 2 (p - stage - 1), m v)
+    forwards; steady state: forward w + k then backward k; cool-down: the remaining backwards.
+    Narayanan et al., 2021, section 2.2.2 and figure 4 (bottom); the same actions as
+    `torch.distributed.pipelining.ScheduleInterleaved1F1B` when m is a multiple of p.
+    """
+    # Hint: number the rank's m v forwards k = 0, 1, ...; from k alone follow its chunk and its micro-batch (the docstring
+    # gives both); the backwards walk the chunks the other way. The warm-up is longer than 1F1B's: a
+    # micro-batch must pass every rank v times before its first backward comes back.
+    raise NotImplementedError("Exercise 9.10: interleaved 1F1B schedule")
+
+
 SCHEDULES: dict[str, Callable[[int, int, int], list[tuple[str, int]]]] = {"gpipe": gpipe_order, "1f1b": one_f_one_b_order}
 
 
-def peak_stashed(order: list[tuple[str, int]]) -> int:
-    """The most micro-batches whose forward has run and whose backward has not, along `order`."""
+def peak_stashed(order: list[tuple[str, int]] | list[tuple[str, int, int]]) -> int:
+    """The most micro-batches (of any chunk) whose forward has run and whose backward has not, along `order`."""
     live = peak = 0
-    for kind, _ in order:
+    for kind, *_ in order:
         live += 1 if kind == "F" else -1
         peak = max(peak, live)
     return peak
@@ -74,13 +100,17 @@ def peak_stashed(order: list[tuple[str, int]]) -> int:
 
 @dataclass(frozen=True)
 class Event:
-    """One computation on one stage: micro-batch `microbatch`'s forward ("F") or backward ("B")."""
+    """One computation on one stage: micro-batch `microbatch`'s forward ("F") or backward ("B").
+
+    `chunk` is the rank's model chunk (interleaved schedule: virtual stage chunk * p + rank; else 0).
+    """
 
     rank: int
     microbatch: int
     kind: str
     start: float  # seconds since the common barrier
     end: float
+    chunk: int = 0
 
 
 def bubble_fraction(events: list[Event], num_stages: int | None = None) -> float:
@@ -203,8 +233,28 @@ class PipelineResult:
     peak_stashed: int = 0
 
 
+def _tag(to_stage: int, microbatch: int, kind: str, num_microbatches: int) -> int:
+    """A message's tag: the virtual stage it goes to, forward or backward, which micro-batch.
+
+    With p = 2 ranks and interleaving, activations and gradients both travel from rank 0 to rank 1
+    and would otherwise be matched in the order sent, not the order received.
+    """
+    return (2 * to_stage + (kind == "B")) * num_microbatches + microbatch
+
+
+def _isend(tensor: Tensor, dst: int, tag: int) -> Any:
+    p2p._check(tensor, dst, "isend")  # the counted send of `p2p`, with a tag
+    p2p._record(tensor, dst)
+    return dist.isend(tensor, dst, tag=tag)
+
+
+def _recv(tensor: Tensor, src: int, tag: int) -> None:
+    p2p._check(tensor, src, "recv")
+    dist.recv(tensor, src, tag=tag)
+
+
 def run_pipeline(
-    stage: nn.Module,
+    stage: nn.Module | list[nn.Module],
     schedule: str,
     num_microbatches: int,
     activation_shape: tuple[int, ...],
@@ -220,78 +270,102 @@ def run_pipeline(
     loss when the micro-batches are equal: each micro-batch's loss is divided by m.
 
     Args:
-        stage: this rank's stage.
-        schedule: "gpipe" or "1f1b".
-        num_microbatches: m; must divide the batch.
+        stage: this rank's stage; for "interleaved", the list of its v >= 2 chunks, chunk c being
+            virtual stage c p + r of p v (e.g. `split_transformer(model, p * v)[r::p]`).
+        schedule: "gpipe", "1f1b" or "interleaved".
+        num_microbatches: m; must divide the batch (and, interleaved, be a multiple of p).
         activation_shape: the shape of one micro-batch's activation between two stages.
         inputs: the whole batch, on the first stage (ignored elsewhere).
         targets: the whole batch's targets, on the last stage (ignored elsewhere).
         loss_fn: loss(output, targets) of one micro-batch, on the last stage.
-        dtype: the activations' dtype.
+        dtype: the activations' dtype (they are made on the device of the stage's parameters).
     """
-    if schedule not in SCHEDULES:
+    if schedule not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {SCHEDULE_NAMES}, got {schedule!r}")
     rank, p = p2p.rank_and_world()
-    first, last = rank == 0, rank == p - 1
-    order = SCHEDULES[schedule](p, num_microbatches, rank)
-    if first and (inputs is None or inputs.shape[0] % num_microbatches):
+    if schedule == "interleaved":
+        if isinstance(stage, nn.Module) or len(stage) < 2:
+            raise ValueError("the interleaved schedule needs this rank's chunks as a list of >= 2 modules")
+        if p < 2:
+            raise ValueError("the interleaved schedule needs at least 2 ranks")
+        chunks = list(stage)
+        order = interleaved_order(p, num_microbatches, rank, len(chunks))
+    else:
+        if not isinstance(stage, nn.Module):
+            raise ValueError(f"schedule {schedule!r} runs one stage per rank: pass a module, got {type(stage).__name__}")
+        chunks = [stage]
+        order = [(kind, i, 0) for kind, i in SCHEDULES[schedule](p, num_microbatches, rank)]
+    v = len(chunks)
+    has_first, has_last = rank == 0, rank == p - 1  # chunk 0 of rank 0 and chunk v - 1 of rank p - 1
+    if has_first and (inputs is None or inputs.shape[0] % num_microbatches):
         raise ValueError(f"the first stage needs inputs whose batch is divisible by num_microbatches={num_microbatches}")
-    if last and (targets is None or loss_fn is None or targets.shape[0] % num_microbatches):
+    if has_last and (targets is None or loss_fn is None or targets.shape[0] % num_microbatches):
         raise ValueError("the last stage needs targets (batch divisible by num_microbatches) and a loss_fn")
-    micro_in = inputs.chunk(num_microbatches) if first else None
-    micro_tg = targets.chunk(num_microbatches) if last else None
-    stash: dict[int, tuple[Tensor, Tensor]] = {}  # micro-batch -> (its input, its output or loss)
+    params = [q for chunk in chunks for q in chunk.parameters()]
+    device = params[0].device if params else torch.device("cpu")
+    micro_in = inputs.to(device).chunk(num_microbatches) if has_first else None
+    micro_tg = targets.to(device).chunk(num_microbatches) if has_last else None
+    stash: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # (chunk, micro-batch) -> (its input, its output or loss)
     sends: list[tuple[Any, Tensor]] = []  # pending isends, with their buffers kept alive
     events: list[Event] = []
     total, peak = 0.0, 0
     dist.barrier()
     t0 = time.monotonic()
-    for kind, i in order:
+    for kind, i, c in order:
+        virtual = c * p + rank  # this chunk's place among the p v stages
+        first, last = virtual == 0, virtual == p * v - 1
         if kind == "F":
             if first:
                 x = micro_in[i]
             else:
-                x = torch.empty(activation_shape, dtype=dtype)
-                p2p.recv(x, rank - 1)
+                x = torch.empty(activation_shape, dtype=dtype, device=device)
+                _recv(x, (rank - 1) % p, _tag(virtual, i, "F", num_microbatches))
                 x.requires_grad_()
             start = time.monotonic() - t0
-            out = stage(x)
+            out = chunks[c](x)
             if last:
                 out = loss_fn(out, micro_tg[i]) / num_microbatches
                 total += float(out.detach())
             end = time.monotonic() - t0
             if not last:
                 buffer = out.detach().contiguous()
-                sends.append((p2p.isend(buffer, rank + 1), buffer))
-            stash[i] = (x, out)
+                sends.append((_isend(buffer, (rank + 1) % p, _tag(virtual + 1, i, "F", num_microbatches)), buffer))
+            stash[c, i] = (x, out)
             peak = max(peak, len(stash))
         else:
-            x, out = stash.pop(i)
+            x, out = stash.pop((c, i))
             if last:
                 grad = None
             else:
-                grad = torch.empty(activation_shape, dtype=dtype)
-                p2p.recv(grad, rank + 1)
+                grad = torch.empty(activation_shape, dtype=dtype, device=device)
+                _recv(grad, (rank + 1) % p, _tag(virtual, i, "B", num_microbatches))
             start = time.monotonic() - t0
             out.backward(grad)
             end = time.monotonic() - t0
             if not first:
                 buffer = x.grad.contiguous()
-                sends.append((p2p.isend(buffer, rank - 1), buffer))
-        events.append(Event(rank, i, kind, start, end))
+                sends.append((_isend(buffer, (rank - 1) % p, _tag(virtual - 1, i, "B", num_microbatches)), buffer))
+        events.append(Event(rank, i, kind, start, end, c))
     for work, _ in sends:
         work.wait()
-    return PipelineResult(total if last else None, events, peak)
+    return PipelineResult(total if has_last else None, events, peak)
 
 
-def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, backward_s: float, width: int = 8) -> PipelineResult:
+def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, backward_s: float, width: int = 8,
+                     num_chunks: int = 2) -> PipelineResult:
     """Run `schedule` on slept stages of equal cost (`timed_stage`), one per rank; this rank's result.
 
     For notebooks and benchmarks (the function travels to the ranks by name): the timeline, from
-    which `bubble_fraction` measures the bubble, and the peak stash.
+    which `bubble_fraction` measures the bubble, and the peak stash. "interleaved" gives each rank
+    `num_chunks` chunks of forward_s / v and backward_s / v each, so that a rank's work is the same
+    as with one stage.
     """
-    rank = p2p.rank_and_world()[0]
-    stage = timed_stage(width, forward_s, backward_s, seed=rank)
+    rank, p = p2p.rank_and_world()
+    if schedule == "interleaved":
+        v = num_chunks
+        stage: nn.Module | list[nn.Module] = [timed_stage(width, forward_s / v, backward_s / v, seed=c * p + rank) for c in range(v)]
+    else:
+        stage = timed_stage(width, forward_s, backward_s, seed=rank)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(num_microbatches, width, generator=g), torch.randn(num_microbatches, width, generator=g)
     return run_pipeline(stage, schedule, num_microbatches, (1, width), inputs=x, targets=y, loss_fn=nn.functional.mse_loss)
