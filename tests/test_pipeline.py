@@ -77,7 +77,7 @@ def _run_lm_pipeline(package: str, schedule: str, m: int, chunks: int = 1, layer
     loss.backward()
     theirs = {n: q.grad for n, q in reference.named_parameters() if n in ours}
     return dict(ours=ours, theirs=theirs, loss=result.loss, dense_loss=float(loss), peak=result.peak_stashed,
-                events=result.events)
+                events=result.events, messages=result.messages_sent)
 
 
 def _run_torch_pipelining(package: str, schedule: str, m: int, chunks: int = 1, layers: int = 4) -> dict:
@@ -230,6 +230,7 @@ def test_pipeline_gradients_equal_single_process(impl, clusters, schedule, world
         assert r["peak"] == expected, f"rank {rank}: {r['peak']} micro-batches stashed, expected {expected}"
     assert results[-1]["loss"] == pytest.approx(results[-1]["dense_loss"], abs=1e-9)
     assert len(results[0]["events"]) == 2 * m
+    assert sum(r["messages"] for r in results) == 2 * m * (world - 1), "one activation and one gradient per boundary and micro-batch"
 
 
 @pytest.mark.exercise("9.8")
@@ -352,6 +353,7 @@ def test_interleaved_gradients_equal_single_process(impl, clusters, world, m, ch
         assert sorted({(e.chunk, e.kind) for e in r["events"]}) == sorted((c, k) for c in range(chunks) for k in "BF")
         assert len(r["events"]) == 2 * m * chunks
     assert names == {n for n, _ in _model(layers=layers).named_parameters()}, "every parameter on some rank"
+    assert sum(r["messages"] for r in results) == 2 * m * (world * chunks - 1), "p v - 1 boundaries each way"
     assert results[-1]["loss"] == pytest.approx(results[-1]["dense_loss"], abs=1e-9)
 
 

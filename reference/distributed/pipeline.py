@@ -281,11 +281,14 @@ def split_transformer(model: nn.Module, num_stages: int) -> list[LMStage]:
 
 @dataclass
 class PipelineResult:
-    """What one rank saw: the loss (last stage; None elsewhere), its events, its peak stash."""
+    """What one rank saw: the loss (last stage; None elsewhere), its events, its peak stash (in
+    micro-batch activations of one chunk), and the point-to-point messages and bytes it sent."""
 
     loss: float | None
     events: list[Event] = field(default_factory=list)
     peak_stashed: int = 0
+    messages_sent: int = 0
+    bytes_sent: int = 0
 
 
 def _tag(to_stage: int, microbatch: int, kind: str, num_microbatches: int) -> int:
@@ -365,45 +368,46 @@ def run_pipeline(
     events: list[Event] = []
     total, peak = 0.0, 0
     dist.barrier()
-    t0 = time.monotonic()
-    for kind, i, c in order:
-        virtual = c * p + rank  # this chunk's place among the p v stages
-        first, last = virtual == 0, virtual == p * v - 1
-        if kind == "F":
-            if first:
-                x = micro_in[i]
+    with p2p.count_traffic() as traffic:
+        t0 = time.monotonic()
+        for kind, i, c in order:
+            virtual = c * p + rank  # this chunk's place among the p v stages
+            first, last = virtual == 0, virtual == p * v - 1
+            if kind == "F":
+                if first:
+                    x = micro_in[i]
+                else:
+                    x = torch.empty(activation_shape, dtype=dtype, device=device)
+                    _recv(x, (rank - 1) % p, _tag(virtual, i, "F", num_microbatches))
+                    x.requires_grad_()
+                start = time.monotonic() - t0
+                out = chunks[c](x)
+                if last:
+                    out = loss_fn(out, micro_tg[i]) / num_microbatches
+                    total += float(out.detach())
+                end = time.monotonic() - t0
+                if not last:
+                    buffer = out.detach().contiguous()
+                    sends.append((_isend(buffer, (rank + 1) % p, _tag(virtual + 1, i, "F", num_microbatches)), buffer))
+                stash[c, i] = (x, out)
+                peak = max(peak, len(stash))
             else:
-                x = torch.empty(activation_shape, dtype=dtype, device=device)
-                _recv(x, (rank - 1) % p, _tag(virtual, i, "F", num_microbatches))
-                x.requires_grad_()
-            start = time.monotonic() - t0
-            out = chunks[c](x)
-            if last:
-                out = loss_fn(out, micro_tg[i]) / num_microbatches
-                total += float(out.detach())
-            end = time.monotonic() - t0
-            if not last:
-                buffer = out.detach().contiguous()
-                sends.append((_isend(buffer, (rank + 1) % p, _tag(virtual + 1, i, "F", num_microbatches)), buffer))
-            stash[c, i] = (x, out)
-            peak = max(peak, len(stash))
-        else:
-            x, out = stash.pop((c, i))
-            if last:
-                grad = None
-            else:
-                grad = torch.empty(activation_shape, dtype=dtype, device=device)
-                _recv(grad, (rank + 1) % p, _tag(virtual, i, "B", num_microbatches))
-            start = time.monotonic() - t0
-            out.backward(grad)
-            end = time.monotonic() - t0
-            if not first:
-                buffer = x.grad.contiguous()
-                sends.append((_isend(buffer, (rank - 1) % p, _tag(virtual - 1, i, "B", num_microbatches)), buffer))
-        events.append(Event(rank, i, kind, start, end, c))
-    for work, _ in sends:
-        work.wait()
-    return PipelineResult(total if has_last else None, events, peak)
+                x, out = stash.pop((c, i))
+                if last:
+                    grad = None
+                else:
+                    grad = torch.empty(activation_shape, dtype=dtype, device=device)
+                    _recv(grad, (rank + 1) % p, _tag(virtual, i, "B", num_microbatches))
+                start = time.monotonic() - t0
+                out.backward(grad)
+                end = time.monotonic() - t0
+                if not first:
+                    buffer = x.grad.contiguous()
+                    sends.append((_isend(buffer, (rank - 1) % p, _tag(virtual - 1, i, "B", num_microbatches)), buffer))
+            events.append(Event(rank, i, kind, start, end, c))
+        for work, _ in sends:
+            work.wait()
+    return PipelineResult(total if has_last else None, events, peak, traffic.messages_sent, traffic.bytes_sent)
 
 
 def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, backward_s: float, width: int = 8,
