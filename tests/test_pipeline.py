@@ -119,6 +119,10 @@ def _run_timed(package: str, schedule: str, m: int, forward_s: float, backward_s
     return dict(events=result.events, peak=result.peak_stashed)
 
 
+def _run_report(package: str, m: int, v: int) -> list:
+    return _pp(package).schedule_report(m, v, 0.0, 0.0)
+
+
 def _run_dp_tp(package: str) -> dict:
     """DP over TP on 4 processes: two tensor-parallel pairs {0, 1}, {2, 3}; data parallel across them."""
     from reference.models.llama import TransformerLM
@@ -385,3 +389,20 @@ def test_interleaved_bubble_matches_the_formula(impl, clusters):
     assert min(abs(b - formula) for b in measured) < 0.05, f"interleaved: measured {measured}, formula {formula:.3f}"
     for rank, r in enumerate(results):
         assert r["peak"] == min(_interleaved_warmup(p, m, rank, v) + 1, v * m)
+
+
+@pytest.mark.exercise("9.10")
+@pytest.mark.points(1)
+def test_schedule_report_of_the_command(impl, clusters):
+    """`python -m reference.distributed.pipeline` prints this report (here shrunk: 2 ranks, m = 2, no sleep)."""
+    pp = impl.distributed.pipeline
+    p, m, v = 2, 2, 2
+    results = clusters(p).run(_run_report, impl.package, m, v)
+    assert results[1] == results[0], "every rank reports the same gathered timelines"
+    rows = {row["schedule"]: row for row in results[0]}
+    assert list(rows) == ["gpipe", "1f1b", "interleaved"]
+    assert [rows[n]["messages"] for n in rows] == [2 * m * (p - 1), 2 * m * (p - 1), 2 * m * (p * v - 1)]
+    assert rows["gpipe"]["peaks"] == [m, m] and rows["1f1b"]["peaks"] == [min(p - r, m) for r in range(p)]
+    assert rows["interleaved"]["peaks"] == [min(_interleaved_warmup(p, m, r, v) + 1, v * m) for r in range(p)]
+    assert rows["interleaved"]["formula"] == pytest.approx((p - 1) / (v * m + p - 1))
+    assert all(0.0 <= row["bubble"] < 1.0 for row in rows.values())

@@ -34,10 +34,23 @@ Every run records a timeline of `Event`s (rank, micro-batch, "F" or "B", start, 
 since the ranks left a common barrier, and the chunk: 0 but for the interleaved schedule); `bubble_fraction` computes the idle fraction from it. Stage
 costs are made controllable with `Delay` (a calibrated sleep in the forward and the backward), so
 the measured bubble is meaningful on a busy machine.
+
+    python -m reference.distributed.pipeline --world-size 4 --microbatches 8 --chunks 2
+    torchrun --standalone --nproc_per_node=4 -m reference.distributed.pipeline   # the same code, one process per rank
+
+print each schedule's measured bubble against its formula, its messages and its stashes. Under
+torchrun with GPUs the backend is NCCL and the activations live on each rank's GPU. Messages carry
+a tag naming the virtual stage they go to, the direction and the micro-batch, which gloo matches
+on; NCCL ignores tags and pairs the messages between two ranks in the order sent, which these
+schedules keep when every pair of ranks carries one direction only (p >= 3). The course has run
+them on gloo only (processes here and under torchrun), not on several GPUs.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,6 +62,7 @@ from torch import Tensor, nn
 
 from reference.attention import causal_mask
 from reference.distributed import p2p
+from reference.distributed.launch import Cluster, device_for_rank, init_from_env
 
 SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved")
 
@@ -420,11 +434,66 @@ def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, bac
     as with one stage.
     """
     rank, p = p2p.rank_and_world()
+    device = device_for_rank(rank, dist.get_backend())  # its GPU under NCCL
     if schedule == "interleaved":
         v = num_chunks
-        stage: nn.Module | list[nn.Module] = [timed_stage(width, forward_s / v, backward_s / v, seed=c * p + rank) for c in range(v)]
+        stage: nn.Module | list[nn.Module] = [timed_stage(width, forward_s / v, backward_s / v, seed=c * p + rank).to(device)
+                                              for c in range(v)]
     else:
-        stage = timed_stage(width, forward_s, backward_s, seed=rank)
+        stage = timed_stage(width, forward_s, backward_s, seed=rank).to(device)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(num_microbatches, width, generator=g), torch.randn(num_microbatches, width, generator=g)
     return run_pipeline(stage, schedule, num_microbatches, (1, width), inputs=x, targets=y, loss_fn=nn.functional.mse_loss)
+
+
+def schedule_report(num_microbatches: int, num_chunks: int, forward_s: float, backward_s: float) -> list[dict[str, Any]]:
+    """Run GPipe, 1F1B and interleaved 1F1B on slept stages (`measure_schedule`) on every rank; the
+    same list on every rank: per schedule its measured bubble, the formula's, the stashes and the
+    messages of every rank (the timelines are gathered with `all_gather_object`)."""
+    p = p2p.rank_and_world()[1]
+    measure_schedule("interleaved", p * 2, 0.0, 0.0, num_chunks=2)  # warm-up: the first message between two ranks is slow
+    rows = []
+    for name in SCHEDULE_NAMES:
+        result = measure_schedule(name, num_microbatches, forward_s, backward_s, num_chunks=num_chunks)
+        gathered: list[Any] = [None] * p
+        dist.all_gather_object(gathered, (result.events, result.peak_stashed, result.messages_sent))
+        v = num_chunks if name == "interleaved" else 1
+        rows.append(dict(schedule=name, bubble=bubble_fraction([e for events, _, _ in gathered for e in events], p),
+                         formula=bubble_formula(p, num_microbatches, v), peaks=[g[1] for g in gathered],
+                         messages=sum(g[2] for g in gathered)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The three schedules on slept stages, measured bubble against (p - 1) / (v m + p - 1).
+
+        python -m reference.distributed.pipeline --world-size 4 --microbatches 8 --chunks 2
+        torchrun --standalone --nproc_per_node=4 -m reference.distributed.pipeline   # NCCL with GPUs, else gloo
+    """
+    parser = argparse.ArgumentParser(description="GPipe, 1F1B and interleaved 1F1B: measured bubble against the formula")
+    parser.add_argument("--world-size", type=int, default=4, help="ranks to start when not run by torchrun")
+    parser.add_argument("--microbatches", type=int, default=8, help="m (a multiple of the world size)")
+    parser.add_argument("--chunks", type=int, default=2, help="v, chunks per rank of the interleaved schedule")
+    parser.add_argument("--forward-ms", type=float, default=40.0, help="a stage's forward per micro-batch; the backward takes twice")
+    args = parser.parse_args(argv)
+    f, b = args.forward_ms / 1e3, 2 * args.forward_ms / 1e3
+    if "RANK" in os.environ:  # started by torchrun: this process is one rank
+        rank, world = init_from_env()
+        rows = schedule_report(args.microbatches, args.chunks, f, b)
+        backend = dist.get_backend()
+        dist.destroy_process_group()
+        if rank:
+            return 0
+    else:
+        world, backend = args.world_size, "gloo"
+        with Cluster(world, backend="gloo", timeout=600) as cluster:
+            rows = cluster.run(schedule_report, args.microbatches, args.chunks, f, b)[0]
+    print(f"p={world} ranks ({backend}), m={args.microbatches}, v={args.chunks}, {args.forward_ms:g} ms forward / {2 * args.forward_ms:g} ms backward")
+    print(f"{'schedule':<12}{'bubble':>8}{'formula':>9}{'messages':>10}  peak stash by rank")
+    for row in rows:
+        print(f"{row['schedule']:<12}{row['bubble']:>8.3f}{row['formula']:>9.3f}{row['messages']:>10}  {row['peaks']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
