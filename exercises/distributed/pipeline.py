@@ -409,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-size", type=int, default=4, help="ranks to start when not run by torchrun")
     parser.add_argument("--microbatches", type=int, default=8, help="m (a multiple of the world size)")
     parser.add_argument("--chunks", type=int, default=2, help="v, chunks per rank of the interleaved schedule")
-    parser.add_argument("--forward-ms", type=float, default=40.0, help="a stage's forward per micro-batch; the backward takes twice")
+    parser.add_argument("--forward-ms", type=float, default=40.0,
+                        help="a stage's forward per micro-batch; the backward takes twice as long")
     args = parser.parse_args(argv)
     f, b = args.forward_ms / 1e3, 2 * args.forward_ms / 1e3
     if "RANK" in os.environ:  # started by torchrun: this process is one rank
@@ -423,7 +424,8 @@ def main(argv: list[str] | None = None) -> int:
         world, backend = args.world_size, "gloo"
         with Cluster(world, backend="gloo", timeout=600) as cluster:
             rows = cluster.run(schedule_report, args.microbatches, args.chunks, f, b)[0]
-    print(f"p={world} ranks ({backend}), m={args.microbatches}, v={args.chunks}, {args.forward_ms:g} ms forward / {2 * args.forward_ms:g} ms backward")
+    print(f"p={world} ranks ({backend}), m={args.microbatches}, v={args.chunks}, "
+          f"{args.forward_ms:g} ms forward / {2 * args.forward_ms:g} ms backward")
     print(f"{'schedule':<12}{'bubble':>8}{'formula':>9}{'messages':>10}  peak stash by rank")
     for row in rows:
         print(f"{row['schedule']:<12}{row['bubble']:>8.3f}{row['formula']:>9.3f}{row['messages']:>10}  {row['peaks']}")

@@ -19,8 +19,9 @@ Schedules (the order in which a stage runs its forwards F_i and backwards B_i):
   runs the forwards of one group through its chunk 0, then the same group through chunk 1, ...;
   warm-up of (v - 1) p + 2 (p - r - 1) chunk forwards, then one forward and one backward, then
   the remaining backwards (`interleaved_order`). Each chunk costs 1/v of a stage, so the fill and
-  drain of the pipeline, which last p - 1 chunk steps, shrink v times; the price is v times more
-  point-to-point messages (every micro-batch crosses p v - 1 stage boundaries instead of p - 1).
+  drain of the pipeline, which last p - 1 chunk steps, shrink v times; the price is about v times
+  more point-to-point messages: every micro-batch crosses p v - 1 stage boundaries each way instead
+  of p - 1, (p v - 1) / (p - 1) times as many.
 
 The bubble. With balanced stages (forward t_f, backward t_b per micro-batch) both schedules take
 (m + p - 1)(t_f + t_b), of which m (t_f + t_b) is each stage's own work, so the idle fraction of
@@ -31,8 +32,9 @@ Interleaved with v chunks per rank (each t_f / v, t_b / v) the run takes (m + (p
     bubble = (p - 1) / (v m + p - 1)         [of the whole run], i.e. (p - 1) / (v m) of the ideal time.
 
 Every run records a timeline of `Event`s (rank, micro-batch, "F" or "B", start, end in seconds
-since the ranks left a common barrier, and the chunk: 0 but for the interleaved schedule); `bubble_fraction` computes the idle fraction from it. Stage
-costs are made controllable with `Delay` (a calibrated sleep in the forward and the backward), so
+since the ranks left a common barrier, and the chunk: 0 but for the interleaved schedule);
+`bubble_fraction` computes the idle fraction from it. Stage costs are made controllable with
+`Delay` (a calibrated sleep in the forward and the backward), so
 the measured bubble is meaningful on a busy machine.
 
     python -m reference.distributed.pipeline --world-size 4 --microbatches 8 --chunks 2
@@ -41,9 +43,10 @@ the measured bubble is meaningful on a busy machine.
 print each schedule's measured bubble against its formula, its messages and its stashes. Under
 torchrun with GPUs the backend is NCCL and the activations live on each rank's GPU. Messages carry
 a tag naming the virtual stage they go to, the direction and the micro-batch, which gloo matches
-on; NCCL ignores tags and pairs the messages between two ranks in the order sent, which these
-schedules keep when every pair of ranks carries one direction only (p >= 3). The course has run
-them on gloo only (processes here and under torchrun), not on several GPUs.
+on (with p = 2 and interleaving, rank 0 sends rank 1 both activations and gradients). NCCL ignores
+tags and pairs the messages from one rank to another in the order sent; with p >= 3 each such
+ordered pair carries only activations or only gradients, sent and received in the same order. The
+course has run these schedules on gloo only (processes here and under torchrun), not on several GPUs.
 """
 
 from __future__ import annotations
@@ -474,7 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--world-size", type=int, default=4, help="ranks to start when not run by torchrun")
     parser.add_argument("--microbatches", type=int, default=8, help="m (a multiple of the world size)")
     parser.add_argument("--chunks", type=int, default=2, help="v, chunks per rank of the interleaved schedule")
-    parser.add_argument("--forward-ms", type=float, default=40.0, help="a stage's forward per micro-batch; the backward takes twice")
+    parser.add_argument("--forward-ms", type=float, default=40.0,
+                        help="a stage's forward per micro-batch; the backward takes twice as long")
     args = parser.parse_args(argv)
     f, b = args.forward_ms / 1e3, 2 * args.forward_ms / 1e3
     if "RANK" in os.environ:  # started by torchrun: this process is one rank
@@ -488,7 +492,8 @@ def main(argv: list[str] | None = None) -> int:
         world, backend = args.world_size, "gloo"
         with Cluster(world, backend="gloo", timeout=600) as cluster:
             rows = cluster.run(schedule_report, args.microbatches, args.chunks, f, b)[0]
-    print(f"p={world} ranks ({backend}), m={args.microbatches}, v={args.chunks}, {args.forward_ms:g} ms forward / {2 * args.forward_ms:g} ms backward")
+    print(f"p={world} ranks ({backend}), m={args.microbatches}, v={args.chunks}, "
+          f"{args.forward_ms:g} ms forward / {2 * args.forward_ms:g} ms backward")
     print(f"{'schedule':<12}{'bubble':>8}{'formula':>9}{'messages':>10}  peak stash by rank")
     for row in rows:
         print(f"{row['schedule']:<12}{row['bubble']:>8.3f}{row['formula']:>9.3f}{row['messages']:>10}  {row['peaks']}")
