@@ -250,10 +250,8 @@ def _check_rope_inputs(x: object, cos: object, sin: object, layout: object) -> N
     if cos.shape != sin.shape:
         raise ValueError(f"cos {tuple(cos.shape)} and sin {tuple(sin.shape)} must have the same shape")
     half = (*x.shape[:-1], x.shape[-1] // 2)
-    try:
-        fits = torch.broadcast_shapes(cos.shape, half) == torch.Size(half)
-    except RuntimeError:
-        fits = False
+    # torch.broadcast_shapes(cos.shape, half) == half, written out: torch's imports sympy on first use (seconds)
+    fits = cos.dim() <= len(half) and all(c in (1, h) for c, h in zip(reversed(cos.shape), reversed(half)))
     if not fits:
         raise ValueError(f"cos and sin of shape {tuple(cos.shape)} do not broadcast to x's planes {half} "
                          f"(x of shape {tuple(x.shape)})")

@@ -648,6 +648,12 @@ CHAPTER_9 = (
        "makespan from time zero"),
     _m("9.9", PP, "p = len({e.rank for e in events}) if num_stages is None else num_stages", "p = len(events) if num_stages is None else num_stages",
        "events counted as stages"),
+    _m("9.10", PP, "warmup = min((v - 1) * p + 2 * (p - stage - 1), total)", "warmup = min(2 * (p - stage - 1), total)",
+       "warm-up without the other chunks' (v - 1) p forwards"),
+    _m("9.10", PP, "warmup = min((v - 1) * p + 2 * (p - stage - 1), total)", "warmup = min((v - 1) * p + (p - stage - 1), total)",
+       "warm-up of one hop per stage, as in plain 1F1B"),
+    _m("9.10", PP, "return c if forward else v - 1 - c", "return c", "backwards through the chunks in forward order"),
+    _m("9.10", PP, "return (k // (p * v)) * p + k % p", "return k // v", "micro-batches not grouped by p"),
 )
 
 

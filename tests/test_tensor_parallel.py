@@ -8,7 +8,8 @@ and `reference.inference.generate` decoding the dense model. Communication is co
 
 The worker functions run on every rank and take the implementation's package name (see
 tests/test_collectives.py); the launcher, the byte counter, the dense model and the generator are
-the harness, from `reference`. One cluster per world size, shared by this module's tests.
+the harness, from `reference`. One cluster per world size, shared with tests/test_pipeline.py
+for the session (tests/model_parallel_clusters.py).
 
 Plausible bugs these tests catch (planted by `python -m tests.run_mutants --chapter 9`):
 - 9.1 f that all-reduces in the forward too; a backward that does not reduce.
@@ -29,9 +30,8 @@ import torch
 import torch.distributed as dist
 from torch.nn import functional as F
 
-from reference.distributed.launch import Cluster
+from tests.model_parallel_clusters import shared_clusters
 
-RUN_TIMEOUT = 60.0
 ATOL = 1e-5
 
 
@@ -222,17 +222,8 @@ def _bad_world(package: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def clusters():
-    started: dict[int, Cluster] = {}
-
-    def get(world: int) -> Cluster:
-        if world not in started:
-            started[world] = Cluster(world, backend="gloo", timeout=RUN_TIMEOUT)
-        return started[world]
-
-    yield get
-    for cluster in started.values():
-        cluster.close()
+def clusters(request):
+    return shared_clusters(request)
 
 
 def close(a, b, where: str, atol: float = ATOL) -> None:

@@ -167,7 +167,9 @@ def _shard(weight: Tensor, dim: int, group: dist.ProcessGroup | None, name: str)
     rank, size = group_rank_and_size(group)
     if weight.shape[dim] % size:
         raise ValueError(f"{name}: dimension {dim} of size {weight.shape[dim]} is not divisible by the group size {size}")
-    part = weight.detach().chunk(size, dim=dim)[rank].clone().contiguous()
+    part = weight.detach().chunk(size, dim=dim)[rank]
+    # a placeholder from `from_dense` (device "meta"): cloning it would run torch's Python reference ops (seconds to import)
+    part = torch.empty(part.shape, dtype=part.dtype, device="meta") if part.is_meta else part.clone().contiguous()
     param = nn.Parameter(part, requires_grad=weight.requires_grad)
     setattr(param, PARTITION_DIM, dim)
     return param

@@ -294,6 +294,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             Exercise("9.7", "GPipe schedule", "distributed.pipeline", "gpipe_order", points=2),
             Exercise("9.8", "1F1B (PipeDream-Flush) schedule", "distributed.pipeline", "one_f_one_b_order", points=5, refused=("torch.distributed.pipelining",)),
             Exercise("9.9", "bubble fraction from a timeline", "distributed.pipeline", "bubble_fraction", points=3),
+            Exercise("9.10", "interleaved 1F1B schedule", "distributed.pipeline", "interleaved_order", points=5, refused=("torch.distributed.pipelining",)),
         ),
         tests=("tests/test_tensor_parallel.py", "tests/test_pipeline.py"),
     ),

@@ -13,21 +13,47 @@ Schedules (the order in which a stage runs its forwards F_i and backwards B_i):
   runs min(p - r - 1, m) warm-up forwards, then alternates one forward and one backward, then
   drains the remaining backwards. The same bubble as GPipe, but at most p - r micro-batches are
   stashed at stage r (<= p, instead of m).
+- Interleaved 1F1B (Narayanan et al., 2021, section 2.2.2): the model is cut into p v chunks
+  (virtual stages) and rank r holds the v chunks r, r + p, ..., r + (v - 1) p, so a micro-batch
+  visits every rank v times. Micro-batches go in groups of p (m must be a multiple of p): a rank
+  runs the forwards of one group through its chunk 0, then the same group through chunk 1, ...;
+  warm-up of (v - 1) p + 2 (p - r - 1) chunk forwards, then one forward and one backward, then
+  the remaining backwards (`interleaved_order`). Each chunk costs 1/v of a stage, so the fill and
+  drain of the pipeline, which last p - 1 chunk steps, shrink v times; the price is about v times
+  more point-to-point messages: every micro-batch crosses p v - 1 stage boundaries each way instead
+  of p - 1, (p v - 1) / (p - 1) times as many.
 
 The bubble. With balanced stages (forward t_f, backward t_b per micro-batch) both schedules take
 (m + p - 1)(t_f + t_b), of which m (t_f + t_b) is each stage's own work, so the idle fraction of
 the total time is
     bubble = (p - 1) / (m + p - 1)           [of the whole run: what `bubble_fraction` measures]
 and the bubble time over the ideal time m (t_f + t_b) is (p - 1) / m (Narayanan et al., eq. 1).
+Interleaved with v chunks per rank (each t_f / v, t_b / v) the run takes (m + (p - 1) / v)(t_f + t_b):
+    bubble = (p - 1) / (v m + p - 1)         [of the whole run], i.e. (p - 1) / (v m) of the ideal time.
 
 Every run records a timeline of `Event`s (rank, micro-batch, "F" or "B", start, end in seconds
-since the ranks left a common barrier); `bubble_fraction` computes the idle fraction from it. Stage
-costs are made controllable with `Delay` (a calibrated sleep in the forward and the backward), so
+since the ranks left a common barrier, and the chunk: 0 but for the interleaved schedule);
+`bubble_fraction` computes the idle fraction from it. Stage costs are made controllable with
+`Delay` (a calibrated sleep in the forward and the backward), so
 the measured bubble is meaningful on a busy machine.
+
+    python -m reference.distributed.pipeline --world-size 4 --microbatches 8 --chunks 2
+    torchrun --standalone --nproc_per_node=4 -m reference.distributed.pipeline   # the same code, one process per rank
+
+print each schedule's measured bubble against its formula, its messages and its stashes. Under
+torchrun with GPUs the backend is NCCL and the activations live on each rank's GPU. Messages carry
+a tag naming the virtual stage they go to, the direction and the micro-batch, which gloo matches
+on (with p = 2 and interleaving, rank 0 sends rank 1 both activations and gradients). NCCL ignores
+tags and pairs the messages from one rank to another in the order sent; with p >= 3 each such
+ordered pair carries only activations or only gradients, sent and received in the same order. The
+course has run these schedules on gloo only (processes here and under torchrun), not on several GPUs.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,8 +65,9 @@ from torch import Tensor, nn
 
 from reference.attention import causal_mask
 from reference.distributed import p2p
+from reference.distributed.launch import Cluster, device_for_rank, init_from_env
 
-SCHEDULE_NAMES = ("gpipe", "1f1b")
+SCHEDULE_NAMES = ("gpipe", "1f1b", "interleaved")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -82,13 +109,53 @@ def one_f_one_b_order(num_stages: int, num_microbatches: int, stage: int) -> lis
     return order
 
 
+def _check_chunks(num_stages: int, num_microbatches: int, num_chunks: int) -> None:
+    if isinstance(num_chunks, bool) or not isinstance(num_chunks, int) or num_chunks < 2:
+        raise ValueError(f"num_chunks must be an int >= 2 (one chunk per rank is plain 1F1B), got {num_chunks!r}")
+    if num_microbatches % num_stages:
+        raise ValueError(f"num_microbatches={num_microbatches} must be a multiple of num_stages={num_stages}: "
+                         "the interleaved schedule runs micro-batches in groups of p")
+
+
+def interleaved_order(num_stages: int, num_microbatches: int, stage: int, num_chunks: int) -> list[tuple[str, int, int]]:
+    """Interleaved 1F1B actions on rank `stage` of p = `num_stages`: [(kind, micro-batch, chunk), ...].
+
+    The rank holds `num_chunks` = v model chunks; its chunk c is virtual stage c p + stage of p v.
+    Counting the rank's m v forwards k = 0, 1, ..., forward k runs chunk (k mod p v) // p on
+    micro-batch (k // p v) p + k mod p: a group of p micro-batches through chunk 0, the same group
+    through chunk 1, ..., then the next group. Backward k takes the chunks the other way round,
+    v - 1 - (k mod p v) // p, on the same micro-batch. Warm-up: w = min((v - 1) p + 2 (p - stage - 1), m v)
+    forwards; steady state: forward w + k then backward k; cool-down: the remaining backwards.
+    Narayanan et al., 2021, section 2.2.2 and figure 4 (bottom); the same actions as
+    `torch.distributed.pipelining.ScheduleInterleaved1F1B` when m is a multiple of p.
+    """
+    _check_pipeline(num_stages, num_microbatches, stage)
+    _check_chunks(num_stages, num_microbatches, num_chunks)
+    p, v = num_stages, num_chunks
+    total = num_microbatches * v
+
+    def microbatch(k: int) -> int:
+        return (k // (p * v)) * p + k % p
+
+    def chunk(k: int, forward: bool) -> int:
+        c = (k % (p * v)) // p
+        return c if forward else v - 1 - c
+
+    warmup = min((v - 1) * p + 2 * (p - stage - 1), total)
+    order = [("F", microbatch(k), chunk(k, True)) for k in range(warmup)]
+    for k in range(total - warmup):
+        order += [("F", microbatch(warmup + k), chunk(warmup + k, True)), ("B", microbatch(k), chunk(k, False))]
+    order += [("B", microbatch(k), chunk(k, False)) for k in range(total - warmup, total)]
+    return order
+
+
 SCHEDULES: dict[str, Callable[[int, int, int], list[tuple[str, int]]]] = {"gpipe": gpipe_order, "1f1b": one_f_one_b_order}
 
 
-def peak_stashed(order: list[tuple[str, int]]) -> int:
-    """The most micro-batches whose forward has run and whose backward has not, along `order`."""
+def peak_stashed(order: list[tuple[str, int]] | list[tuple[str, int, int]]) -> int:
+    """The most micro-batches (of any chunk) whose forward has run and whose backward has not, along `order`."""
     live = peak = 0
-    for kind, _ in order:
+    for kind, *_ in order:
         live += 1 if kind == "F" else -1
         peak = max(peak, live)
     return peak
@@ -101,13 +168,17 @@ def peak_stashed(order: list[tuple[str, int]]) -> int:
 
 @dataclass(frozen=True)
 class Event:
-    """One computation on one stage: micro-batch `microbatch`'s forward ("F") or backward ("B")."""
+    """One computation on one stage: micro-batch `microbatch`'s forward ("F") or backward ("B").
+
+    `chunk` is the rank's model chunk (interleaved schedule: virtual stage chunk * p + rank; else 0).
+    """
 
     rank: int
     microbatch: int
     kind: str
     start: float  # seconds since the common barrier
     end: float
+    chunk: int = 0
 
 
 def bubble_fraction(events: list[Event], num_stages: int | None = None) -> float:
@@ -227,15 +298,38 @@ def split_transformer(model: nn.Module, num_stages: int) -> list[LMStage]:
 
 @dataclass
 class PipelineResult:
-    """What one rank saw: the loss (last stage; None elsewhere), its events, its peak stash."""
+    """What one rank saw: the loss (last stage; None elsewhere), its events, its peak stash (in
+    micro-batch activations of one chunk), and the point-to-point messages and bytes it sent."""
 
     loss: float | None
     events: list[Event] = field(default_factory=list)
     peak_stashed: int = 0
+    messages_sent: int = 0
+    bytes_sent: int = 0
+
+
+def _tag(to_stage: int, microbatch: int, kind: str, num_microbatches: int) -> int:
+    """A message's tag: the virtual stage it goes to, forward or backward, which micro-batch.
+
+    With p = 2 ranks and interleaving, activations and gradients both travel from rank 0 to rank 1
+    and would otherwise be matched in the order sent, not the order received.
+    """
+    return (2 * to_stage + (kind == "B")) * num_microbatches + microbatch
+
+
+def _isend(tensor: Tensor, dst: int, tag: int) -> Any:
+    p2p._check(tensor, dst, "isend")  # the counted send of `p2p`, with a tag
+    p2p._record(tensor, dst)
+    return dist.isend(tensor, dst, tag=tag)
+
+
+def _recv(tensor: Tensor, src: int, tag: int) -> None:
+    p2p._check(tensor, src, "recv")
+    dist.recv(tensor, src, tag=tag)
 
 
 def run_pipeline(
-    stage: nn.Module,
+    stage: nn.Module | list[nn.Module],
     schedule: str,
     num_microbatches: int,
     activation_shape: tuple[int, ...],
@@ -251,78 +345,160 @@ def run_pipeline(
     loss when the micro-batches are equal: each micro-batch's loss is divided by m.
 
     Args:
-        stage: this rank's stage.
-        schedule: "gpipe" or "1f1b".
-        num_microbatches: m; must divide the batch.
+        stage: this rank's stage; for "interleaved", the list of its v >= 2 chunks, chunk c being
+            virtual stage c p + r of p v (e.g. `split_transformer(model, p * v)[r::p]`).
+        schedule: "gpipe", "1f1b" or "interleaved".
+        num_microbatches: m; must divide the batch (and, interleaved, be a multiple of p).
         activation_shape: the shape of one micro-batch's activation between two stages.
         inputs: the whole batch, on the first stage (ignored elsewhere).
         targets: the whole batch's targets, on the last stage (ignored elsewhere).
         loss_fn: loss(output, targets) of one micro-batch, on the last stage.
-        dtype: the activations' dtype.
+        dtype: the activations' dtype (they are made on the device of the stage's parameters).
     """
-    if schedule not in SCHEDULES:
+    if schedule not in SCHEDULE_NAMES:
         raise ValueError(f"schedule must be one of {SCHEDULE_NAMES}, got {schedule!r}")
     rank, p = p2p.rank_and_world()
-    first, last = rank == 0, rank == p - 1
-    order = SCHEDULES[schedule](p, num_microbatches, rank)
-    if first and (inputs is None or inputs.shape[0] % num_microbatches):
+    if schedule == "interleaved":
+        if isinstance(stage, nn.Module) or len(stage) < 2:
+            raise ValueError("the interleaved schedule needs this rank's chunks as a list of >= 2 modules")
+        if p < 2:
+            raise ValueError("the interleaved schedule needs at least 2 ranks")
+        chunks = list(stage)
+        order = interleaved_order(p, num_microbatches, rank, len(chunks))
+    else:
+        if not isinstance(stage, nn.Module):
+            raise ValueError(f"schedule {schedule!r} runs one stage per rank: pass a module, got {type(stage).__name__}")
+        chunks = [stage]
+        order = [(kind, i, 0) for kind, i in SCHEDULES[schedule](p, num_microbatches, rank)]
+    v = len(chunks)
+    has_first, has_last = rank == 0, rank == p - 1  # chunk 0 of rank 0 and chunk v - 1 of rank p - 1
+    if has_first and (inputs is None or inputs.shape[0] % num_microbatches):
         raise ValueError(f"the first stage needs inputs whose batch is divisible by num_microbatches={num_microbatches}")
-    if last and (targets is None or loss_fn is None or targets.shape[0] % num_microbatches):
+    if has_last and (targets is None or loss_fn is None or targets.shape[0] % num_microbatches):
         raise ValueError("the last stage needs targets (batch divisible by num_microbatches) and a loss_fn")
-    micro_in = inputs.chunk(num_microbatches) if first else None
-    micro_tg = targets.chunk(num_microbatches) if last else None
-    stash: dict[int, tuple[Tensor, Tensor]] = {}  # micro-batch -> (its input, its output or loss)
+    params = [q for chunk in chunks for q in chunk.parameters()]
+    device = params[0].device if params else torch.device("cpu")
+    micro_in = inputs.to(device).chunk(num_microbatches) if has_first else None
+    micro_tg = targets.to(device).chunk(num_microbatches) if has_last else None
+    stash: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}  # (chunk, micro-batch) -> (its input, its output or loss)
     sends: list[tuple[Any, Tensor]] = []  # pending isends, with their buffers kept alive
     events: list[Event] = []
     total, peak = 0.0, 0
     dist.barrier()
-    t0 = time.monotonic()
-    for kind, i in order:
-        if kind == "F":
-            if first:
-                x = micro_in[i]
+    with p2p.count_traffic() as traffic:
+        t0 = time.monotonic()
+        for kind, i, c in order:
+            virtual = c * p + rank  # this chunk's place among the p v stages
+            first, last = virtual == 0, virtual == p * v - 1
+            if kind == "F":
+                if first:
+                    x = micro_in[i]
+                else:
+                    x = torch.empty(activation_shape, dtype=dtype, device=device)
+                    _recv(x, (rank - 1) % p, _tag(virtual, i, "F", num_microbatches))
+                    x.requires_grad_()
+                start = time.monotonic() - t0
+                out = chunks[c](x)
+                if last:
+                    out = loss_fn(out, micro_tg[i]) / num_microbatches
+                    total += float(out.detach())
+                end = time.monotonic() - t0
+                if not last:
+                    buffer = out.detach().contiguous()
+                    sends.append((_isend(buffer, (rank + 1) % p, _tag(virtual + 1, i, "F", num_microbatches)), buffer))
+                stash[c, i] = (x, out)
+                peak = max(peak, len(stash))
             else:
-                x = torch.empty(activation_shape, dtype=dtype)
-                p2p.recv(x, rank - 1)
-                x.requires_grad_()
-            start = time.monotonic() - t0
-            out = stage(x)
-            if last:
-                out = loss_fn(out, micro_tg[i]) / num_microbatches
-                total += float(out.detach())
-            end = time.monotonic() - t0
-            if not last:
-                buffer = out.detach().contiguous()
-                sends.append((p2p.isend(buffer, rank + 1), buffer))
-            stash[i] = (x, out)
-            peak = max(peak, len(stash))
-        else:
-            x, out = stash.pop(i)
-            if last:
-                grad = None
-            else:
-                grad = torch.empty(activation_shape, dtype=dtype)
-                p2p.recv(grad, rank + 1)
-            start = time.monotonic() - t0
-            out.backward(grad)
-            end = time.monotonic() - t0
-            if not first:
-                buffer = x.grad.contiguous()
-                sends.append((p2p.isend(buffer, rank - 1), buffer))
-        events.append(Event(rank, i, kind, start, end))
-    for work, _ in sends:
-        work.wait()
-    return PipelineResult(total if last else None, events, peak)
+                x, out = stash.pop((c, i))
+                if last:
+                    grad = None
+                else:
+                    grad = torch.empty(activation_shape, dtype=dtype, device=device)
+                    _recv(grad, (rank + 1) % p, _tag(virtual, i, "B", num_microbatches))
+                start = time.monotonic() - t0
+                out.backward(grad)
+                end = time.monotonic() - t0
+                if not first:
+                    buffer = x.grad.contiguous()
+                    sends.append((_isend(buffer, (rank - 1) % p, _tag(virtual - 1, i, "B", num_microbatches)), buffer))
+            events.append(Event(rank, i, kind, start, end, c))
+        for work, _ in sends:
+            work.wait()
+    return PipelineResult(total if has_last else None, events, peak, traffic.messages_sent, traffic.bytes_sent)
 
 
-def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, backward_s: float, width: int = 8) -> PipelineResult:
+def measure_schedule(schedule: str, num_microbatches: int, forward_s: float, backward_s: float, width: int = 8,
+                     num_chunks: int = 2) -> PipelineResult:
     """Run `schedule` on slept stages of equal cost (`timed_stage`), one per rank; this rank's result.
 
     For notebooks and benchmarks (the function travels to the ranks by name): the timeline, from
-    which `bubble_fraction` measures the bubble, and the peak stash.
+    which `bubble_fraction` measures the bubble, and the peak stash. "interleaved" gives each rank
+    `num_chunks` chunks of forward_s / v and backward_s / v each, so that a rank's work is the same
+    as with one stage.
     """
-    rank = p2p.rank_and_world()[0]
-    stage = timed_stage(width, forward_s, backward_s, seed=rank)
+    rank, p = p2p.rank_and_world()
+    device = device_for_rank(rank, dist.get_backend())  # its GPU under NCCL
+    if schedule == "interleaved":
+        v = num_chunks
+        stage: nn.Module | list[nn.Module] = [timed_stage(width, forward_s / v, backward_s / v, seed=c * p + rank).to(device)
+                                              for c in range(v)]
+    else:
+        stage = timed_stage(width, forward_s, backward_s, seed=rank).to(device)
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(num_microbatches, width, generator=g), torch.randn(num_microbatches, width, generator=g)
     return run_pipeline(stage, schedule, num_microbatches, (1, width), inputs=x, targets=y, loss_fn=nn.functional.mse_loss)
+
+
+def schedule_report(num_microbatches: int, num_chunks: int, forward_s: float, backward_s: float) -> list[dict[str, Any]]:
+    """Run GPipe, 1F1B and interleaved 1F1B on slept stages (`measure_schedule`) on every rank; the
+    same list on every rank: per schedule its measured bubble, the formula's, the stashes and the
+    messages of every rank (the timelines are gathered with `all_gather_object`)."""
+    p = p2p.rank_and_world()[1]
+    measure_schedule("interleaved", p * 2, 0.0, 0.0, num_chunks=2)  # warm-up: the first message between two ranks is slow
+    rows = []
+    for name in SCHEDULE_NAMES:
+        result = measure_schedule(name, num_microbatches, forward_s, backward_s, num_chunks=num_chunks)
+        gathered: list[Any] = [None] * p
+        dist.all_gather_object(gathered, (result.events, result.peak_stashed, result.messages_sent))
+        v = num_chunks if name == "interleaved" else 1
+        rows.append(dict(schedule=name, bubble=bubble_fraction([e for events, _, _ in gathered for e in events], p),
+                         formula=bubble_formula(p, num_microbatches, v), peaks=[g[1] for g in gathered],
+                         messages=sum(g[2] for g in gathered)))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The three schedules on slept stages, measured bubble against (p - 1) / (v m + p - 1).
+
+        python -m reference.distributed.pipeline --world-size 4 --microbatches 8 --chunks 2
+        torchrun --standalone --nproc_per_node=4 -m reference.distributed.pipeline   # NCCL with GPUs, else gloo
+    """
+    parser = argparse.ArgumentParser(description="GPipe, 1F1B and interleaved 1F1B: measured bubble against the formula")
+    parser.add_argument("--world-size", type=int, default=4, help="ranks to start when not run by torchrun")
+    parser.add_argument("--microbatches", type=int, default=8, help="m (a multiple of the world size)")
+    parser.add_argument("--chunks", type=int, default=2, help="v, chunks per rank of the interleaved schedule")
+    parser.add_argument("--forward-ms", type=float, default=40.0,
+                        help="a stage's forward per micro-batch; the backward takes twice as long")
+    args = parser.parse_args(argv)
+    f, b = args.forward_ms / 1e3, 2 * args.forward_ms / 1e3
+    if "RANK" in os.environ:  # started by torchrun: this process is one rank
+        rank, world = init_from_env()
+        rows = schedule_report(args.microbatches, args.chunks, f, b)
+        backend = dist.get_backend()
+        dist.destroy_process_group()
+        if rank:
+            return 0
+    else:
+        world, backend = args.world_size, "gloo"
+        with Cluster(world, backend="gloo", timeout=600) as cluster:
+            rows = cluster.run(schedule_report, args.microbatches, args.chunks, f, b)[0]
+    print(f"p={world} ranks ({backend}), m={args.microbatches}, v={args.chunks}, "
+          f"{args.forward_ms:g} ms forward / {2 * args.forward_ms:g} ms backward")
+    print(f"{'schedule':<12}{'bubble':>8}{'formula':>9}{'messages':>10}  peak stash by rank")
+    for row in rows:
+        print(f"{row['schedule']:<12}{row['bubble']:>8.3f}{row['formula']:>9.3f}{row['messages']:>10}  {row['peaks']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

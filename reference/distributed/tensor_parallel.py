@@ -202,7 +202,9 @@ def _shard(weight: Tensor, dim: int, group: dist.ProcessGroup | None, name: str)
     rank, size = group_rank_and_size(group)
     if weight.shape[dim] % size:
         raise ValueError(f"{name}: dimension {dim} of size {weight.shape[dim]} is not divisible by the group size {size}")
-    part = weight.detach().chunk(size, dim=dim)[rank].clone().contiguous()
+    part = weight.detach().chunk(size, dim=dim)[rank]
+    # a placeholder from `from_dense` (device "meta"): cloning it would run torch's Python reference ops (seconds to import)
+    part = torch.empty(part.shape, dtype=part.dtype, device="meta") if part.is_meta else part.clone().contiguous()
     param = nn.Parameter(part, requires_grad=weight.requires_grad)
     setattr(param, PARTITION_DIM, dim)
     return param
@@ -326,7 +328,10 @@ class VocabParallelEmbedding(nn.Module):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
         self.start = rank * (num_embeddings // size)
         self.end = self.start + num_embeddings // size
-        self.weight = _shard(nn.Embedding(num_embeddings, embedding_dim, device=device, dtype=dtype).weight, 0, group, "weight")
+        weight = torch.empty(num_embeddings, embedding_dim, device=device, dtype=dtype)
+        if weight.device.type != "meta":  # nn.Embedding's own init; on "meta" normal_ would import torch's compiler (seconds)
+            nn.init.normal_(weight)
+        self.weight = _shard(weight, 0, group, "weight")
 
     @classmethod
     def from_dense(cls, embedding: nn.Embedding, **kwargs: Any) -> VocabParallelEmbedding:
