@@ -95,8 +95,9 @@ def run_static(model, work, budget: int, arrivals: list[float] | None = None) ->
     requests (held until the batch ends), used = sum of prompt + min(t, max_tokens) - 1 (the
     states written so far; a finished request's states stay until the batch ends). `kv_waste_live`
     counts only the states of unfinished requests as used (what the held states of finished ones
-    serve: nothing). `padded_peak_slots`: what Chapter 15's contiguous cache actually
-    allocates for the largest batch (batch x (longest prompt + longest output)), beyond the budget."""
+    serve: nothing). `padded_peak_slots`: what Chapter 15's contiguous cache actually allocates
+    for the largest batch, batch x (longest prompt + longest output), which may exceed the budget:
+    the accounting charges static batching only its reservations, the kinder measure."""
     start, cpu, i, latencies, order, sizes = time.perf_counter(), time.process_time(), 0, [], [], []
     used = live = reserved = steps = padded = 0
     while i < len(work):
