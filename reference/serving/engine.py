@@ -15,8 +15,9 @@ The model is not changed: `PagedKVCache` has the interface of Chapter 15's `KVCa
 (`length`, `attention_mask(new)`, `layer(i).update(k, v)`, `advance(new)`), so a `TransformerLM`
 decodes through it as it does through the contiguous cache. `update` writes the new keys and
 values into their slots of the block pool and returns each sequence's keys and values gathered
-through its block table (`reference.serving.paged_attention.gather_kv`); the mask it gives the
-model is causal per sequence and blind to the padding and to the positions past each length.
+through its block table (`reference.serving.paged_attention.gather_kv`'s slot arithmetic, done once
+per forward pass by `prepare`); the mask it gives the model is causal per sequence and blind to
+the padding and to the positions past each length.
 """
 
 from __future__ import annotations
