@@ -96,15 +96,64 @@ def test_bad_requests(tiny):
     assert engine.block_manager.num_free_blocks == 4
 
 
+def test_paged_cache_reads_what_gather_kv_reads():
+    """PagedKVCache's per-layer read (its slots built once per forward pass) equals gather_kv
+    through the same block tables at every position a row holds, and the new keys land in the
+    slots their positions map to (prefill rows of different lengths, left-padded)."""
+    from reference.serving.engine import PagedKVCache
+    from reference.serving.paged_attention import gather_kv
+
+    torch.manual_seed(0)
+    cache = PagedKVCache(2, 12, 4, 2, 3)
+    cache.keys.normal_()
+    cache.values.normal_()
+    tables, starts, ends, width = [[5, 2, 9], [7], [0, 11, 3, 4]], [3, 0, 13], [10, 4, 14], 7
+    cache.prepare(tables, starts, ends, width)
+    k, v = torch.randn(3, 2, width, 3), torch.randn(3, 2, width, 3)
+    keys, values = cache.layer(1).update(k, v)
+    padded = torch.tensor([t + [0] * (4 - len(t)) for t in tables])
+    lens = torch.tensor(ends)
+    for got, pool, new in ((keys, cache.keys[1], k), (values, cache.values[1], v)):
+        want = gather_kv(pool, padded, lens, max(ends))
+        for b, e in enumerate(ends):
+            assert torch.equal(got[b, :, :e], want[b, :, :e])
+            s = starts[b]
+            assert torch.equal(want[b, :, s:e], new[b, :, width - (e - s):])  # the new states, in place
+    mask = cache.attention_mask(width)
+    assert mask.shape == (3, 1, width, max(ends)) and cache.positions[0].tolist() == [3, 4, 5, 6, 7, 8, 9]
+    assert mask[1, 0, -1].tolist() == [True] * 4 + [False] * 10 and mask[1, 0, 0].tolist() == [True] + [False] * 13
+
+
+def test_benchmark_workload_and_static_batches():
+    from reference.serving import benchmark
+
+    work = benchmark.workload(200, 100, seed=3, max_prompt=300, max_output=500)
+    assert work == benchmark.workload(200, 100, seed=3, max_prompt=300, max_output=500)  # seeded
+    prompts, outs = [len(p) for p, _ in work], [m for _, m in work]
+    assert min(prompts) >= 4 and max(prompts) <= 300 and min(outs) >= 4 and max(outs) <= 500
+    assert 100 < sum(prompts) / 200 < 200 and 220 < sum(outs) / 200 < 420  # means near 161 and 338 before clipping
+    assert all(4 <= t < 100 for p, _ in work for t in p)
+    work = [([1] * 10, 20), ([1] * 5, 5), ([1] * 30, 30), ([1] * 100, 100)]
+    assert benchmark.static_batches(work, 40) == 2  # 30 + 10 fit, + 60 does not
+    assert benchmark.static_batches(work, 40, 2) == 3 and benchmark.static_batches(work, 40, 3) == 4  # one always goes
+    assert benchmark.static_batches(work, 1000, 0, arrived=3) == 3
+
+
 def test_benchmark_command_shrunk(tmp_path):
     from reference.serving import benchmark
 
     out = tmp_path / "16.json"
-    assert benchmark.main(["--requests", "4", "--batch", "2", "--rates", "50", "--rate-requests", "3",
-                           "--hf-batch", "2", "--hf-tokens", "3", "--out", str(out)]) == 0  # fmt: skip
+    assert benchmark.main(["--context", "128", "--prompt-mean", "12", "--output-mean", "12", "--requests", "6",
+                           "--kv-budget-tokens", "160", "--rates", "50", "--rate-requests", "3", "--hf-batch", "2",
+                           "--hf-tokens", "3", "--out", str(out)]) == 0  # fmt: skip
     result = json.loads(out.read_text())
     assert result["seed"] == 0 and result["machine"] and result["transformers"]["same_tokens"] is True
-    assert 0 <= result["kv_waste"]["paged"] < result["kv_waste"]["static"] and result["throughput_ratio"] > 0
+    config = result["config"]
+    assert config["kv_budget_bytes"] == 160 * 2 * 4 * 2 * 32 * 4 and config["model_config"]["context_length"] == 128
+    waste = result["kv_waste"]
+    assert 0 <= waste["paged"] < waste["static"] and 0 <= waste["paged_block8"] < waste["continuous_reserved"]
+    assert result["throughput_ratio"] > 0 and result["rate_sweep"][0]["engine"]["tokens"] == result["rate_sweep"][0]["static"]["tokens"]
+    assert result["paged"]["tokens"] == result["static"]["tokens"] == result["continuous_reserved"]["tokens"]
 
 
 def test_smollm2_greedy_equals_generate():

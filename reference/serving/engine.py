@@ -15,8 +15,9 @@ The model is not changed: `PagedKVCache` has the interface of Chapter 15's `KVCa
 (`length`, `attention_mask(new)`, `layer(i).update(k, v)`, `advance(new)`), so a `TransformerLM`
 decodes through it as it does through the contiguous cache. `update` writes the new keys and
 values into their slots of the block pool and returns each sequence's keys and values gathered
-through its block table (`reference.serving.paged_attention.gather_kv`); the mask it gives the
-model is causal per sequence and blind to the padding and to the positions past each length.
+through its block table (`reference.serving.paged_attention.gather_kv`'s slot arithmetic, done once
+per forward pass by `prepare`); the mask it gives the model is causal per sequence and blind to
+the padding and to the positions past each length.
 """
 
 from __future__ import annotations
@@ -51,14 +52,20 @@ class _LayerView:
 
     def update(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Write the new keys/values (batch, kv_heads, new, head_dim) into their slots; return
-        each row's keys/values through its block table, (batch, kv_heads, max_len, head_dim)."""
+        each row's keys/values through its block table, (batch, kv_heads, max_len, head_dim).
+
+        Position p < max_len of row b is read from slot table[p // B] * B + p % B of the pool
+        (`gather_kv`'s arithmetic, done once per forward pass in `prepare`, not once per layer);
+        positions past a row's end hold whatever their slot holds: the mask hides them."""
         c = self.cache
         keys, values = c.keys[self.layer], c.values[self.layer]  # (num_blocks, B, kv_heads, head_dim)
-        rows, cols = c._write_index
-        flat_k, flat_v = keys.flatten(0, 1), values.flatten(0, 1)  # views of the pool
-        flat_k[c._write_slots] = k.transpose(1, 2)[rows, cols]
-        flat_v[c._write_slots] = v.transpose(1, 2)[rows, cols]
-        return (gather_kv(keys, c._tables, c._lens, c._max_len), gather_kv(values, c._tables, c._lens, c._max_len))
+        flat_k, flat_v = keys.view(-1, *keys.shape[2:]), values.view(-1, *values.shape[2:])  # views of the pool
+        flat_k.index_copy_(0, c._write_slots, k.transpose(1, 2)[c._write_real])  # (new tokens, kv_heads, head_dim)
+        flat_v.index_copy_(0, c._write_slots, v.transpose(1, 2)[c._write_real])
+        shape = (c._read_slots.shape[0], c._read_slots.shape[1], *keys.shape[2:])
+        read = c._read_slots.flatten()
+        return (flat_k.index_select(0, read).view(shape).transpose(1, 2),
+                flat_v.index_select(0, read).view(shape).transpose(1, 2))  # fmt: skip
 
 
 class PagedKVCache:
@@ -103,29 +110,27 @@ class PagedKVCache:
             self.values[:, dev].copy_(self.host_values[:, host], non_blocking=True)
 
     def prepare(self, block_tables: Sequence[Sequence[int]], starts: Sequence[int], ends: Sequence[int], width: int) -> None:
-        device = self.keys.device
-        batch, size = len(starts), self.block_size
+        """Index tensors for one forward pass, built with whole-tensor arithmetic on the host and
+        moved to the device once (no loop over tokens): the slots every layer reads
+        (batch, max_len), the slots it writes (one per new token, row by row) with their places
+        in the (batch, width) input, the attention mask and the RoPE positions."""
+        device, size = self.keys.device, self.block_size
         self._max_len = max(ends)
         most = blocks_needed(self._max_len, size)
-        self._tables = torch.tensor([list(t[:most]) + [0] * (most - len(t[:most])) for t in block_tables], device=device)
-        self._lens = torch.tensor(list(ends), device=device)
-        rows, cols, slots = [], [], []
-        for b, (table, s, e) in enumerate(zip(block_tables, starts, ends)):
-            pad = width - (e - s)
-            for p in range(s, e):
-                rows.append(b)
-                cols.append(pad + p - s)
-                slots.append(table[p // size] * size + p % size)
-        self._write_index = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
-        self._write_slots = torch.tensor(slots, device=device)
-        starts_t, ends_t = torch.tensor(list(starts), device=device), self._lens
-        col = torch.arange(width, device=device)[None, :]  # (1, width)
+        tables = torch.tensor([list(t[:most]) + [0] * (most - len(t[:most])) for t in block_tables], dtype=torch.long)
+        starts_t, ends_t = torch.tensor(list(starts)), torch.tensor(list(ends))
+        key = torch.arange(self._max_len)  # (max_len,): key positions
+        read = tables[:, key // size] * size + key % size  # (batch, max_len): slot of each position
+        col = torch.arange(width)[None, :]  # (1, width)
         pad = (width - (ends_t - starts_t))[:, None]  # (batch, 1)
         query_pos = starts_t[:, None] + col - pad  # (batch, width); < start at padding columns
-        key = torch.arange(self._max_len, device=device)[None, None, :]
-        real = (col >= pad)[:, :, None]
-        self._mask = torch.where(real, key <= query_pos[:, :, None], key == 0)[:, None]  # (batch, 1, width, max_len)
-        self.positions = query_pos.clamp(min=0)
+        real = col >= pad  # (batch, width): columns holding a new token
+        write = read.gather(1, query_pos.clamp(min=0))[real]  # (new tokens,) row-major, positions ascending
+        mask = torch.where(real[:, :, None], key <= query_pos[:, :, None], key == 0)[:, None]  # (batch, 1, width, max_len)
+        self._tables, self._lens = tables.to(device), ends_t.to(device)
+        self._read_slots, self._write_slots, self._write_real = read.to(device), write.to(device), real.to(device)
+        self._mask = mask.to(device)
+        self.positions = query_pos.clamp(min=0).to(device)
         self.length = self._max_len - width  # so that length + width is the longest row's end
 
     def attention_mask(self, new: int) -> Tensor:
