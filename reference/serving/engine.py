@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from reference.inference.sampling import SamplingParams, TokenHistory, choose_next
+from reference.inference.sampling import SamplingParams, TokenHistory, choose_next, processors_for
 from reference.serving.beam import beam_step
 from reference.serving.blocks import BlockManager, blocks_needed
 from reference.serving.lora import LoRARegistry, lora_delta
@@ -420,7 +420,12 @@ class LLMEngine:
         by_group: dict[Hashable, list[int]] = {}
         for r, (g, _) in enumerate(rows):
             by_group.setdefault(g.request_id, []).append(r)
+        plain = [r for index in by_group.values() if self._plain_greedy(rows[index[0]][0]) for r in index]
+        if plain:  # one argmax and one log-softmax for every plain greedy row of the batch
+            self._greedy_rows([rows[r] for r in plain], logits[torch.tensor(plain, device=logits.device)])
         for request_id, index in by_group.items():
+            if self._plain_greedy(rows[index[0]][0]):
+                continue
             group = rows[index[0]][0]
             params: SamplingParams = group.params
             seqs = [rows[r][1] for r in index]
@@ -454,6 +459,30 @@ class LLMEngine:
                 self._check_stop(seq, params, eos)
                 if seq.finished:
                     self.block_manager.free(seq.seq_id)
+
+    def _plain_greedy(self, group: SequenceGroup) -> bool:
+        """Whether the group decodes one sequence by the argmax of the raw logits (no processor, no
+        beams): `choose_next` would then return argmax and log-softmax, which batch across groups."""
+        if "plain_greedy" not in group.data:
+            params: SamplingParams = group.params
+            eos = () if params.ignore_eos else self.eos_token_ids
+            group.data["plain_greedy"] = (params.greedy and not params.use_beam_search
+                                          and params.sequences_to_sample == 1 and not processors_for(params, eos))  # fmt: skip
+        return group.data["plain_greedy"]
+
+    def _greedy_rows(self, rows: list[tuple[SequenceGroup, Seq]], logits: Tensor) -> None:
+        """Append each row's argmax token, as `choose_next` chooses it for plain greedy parameters."""
+        tokens = logits.argmax(dim=-1)
+        picked = torch.log_softmax(logits, dim=-1).gather(1, tokens[:, None])[:, 0].tolist()
+        now = time.perf_counter()
+        for (group, seq), token, lp in zip(rows, tokens.tolist(), picked):
+            group.forked = True
+            group.data.setdefault("first_token", now)
+            seq.output.append(token)
+            seq.cumulative_logprob += lp
+            self._check_stop(seq, group.params, () if group.params.ignore_eos else self.eos_token_ids)
+            if seq.finished:
+                self.block_manager.free(seq.seq_id)
 
     def _beam_step(self, group: SequenceGroup, beams: list[Seq], logits: Tensor) -> None:
         """Advance a beam-search group by one token: choose the candidates, record the finished
