@@ -8,11 +8,14 @@ import json
 import pytest
 import torch
 
+from reference.finetune import lora as ft
 from reference.inference.chat import stop_ids
 from reference.inference.generate import generate
 from reference.inference.sampling import SamplingParams
+from reference.models.llama import TransformerLM
 from reference.pretrained import load_pretrained
 from reference.serving.engine import LLMEngine
+from reference.serving.lora import read_adapter
 
 
 @pytest.fixture(scope="module")
@@ -172,3 +175,30 @@ def test_smollm2_greedy_equals_generate():
     for prompt, out in zip(prompts, outs):
         expected = generate(model, [prompt], 8, eos_token_id=stop_ids(tokenizer)).new_tokens[0]
         assert out.outputs[0].token_ids == expected
+
+
+def test_adapter_file_reader_gives_the_saved_adapter_and_refuses_other_files(tmp_path):
+    """`read_adapter_file` is the one reader behind `load_adapter` and `read_adapter`."""
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    sad = TransformerLM(64, 96, 32, 2, 4, 64, num_kv_heads=2)
+    ft.inject_lora(sad, ["q_proj", "v_proj"], r=4, alpha=8.0, adapter="sad", seed=1)
+    path = ft.save_adapter(sad, tmp_path / "sad.safetensors", "sad")
+    name, config, tensors = ft.read_adapter_file(path)
+    assert name == "sad" and set(config) == set(ft.lora_layers(sad))
+    for layer, module in ft.lora_layers(sad).items():
+        assert config[layer] == {"r": 4, "alpha": 8.0}
+        assert torch.equal(tensors[f"{layer}.lora_B"], module.lora_B["sad"])
+    with pytest.raises(FileNotFoundError, match="no adapter file"):
+        ft.read_adapter_file(tmp_path / "missing.safetensors")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="not a LoRA adapter file"):
+        ft.read_adapter_file(tmp_path / "plain.safetensors")
+    first = next(iter(config))
+    partial = {k: v.contiguous() for k, v in tensors.items() if k != f"{first}.lora_A"}
+    metadata = {"format": ft.ADAPTER_FORMAT, "adapter": name, "layers": json.dumps(config)}
+    save_file(partial, str(tmp_path / "partial.safetensors"), metadata=metadata)
+    for reader in (ft.read_adapter_file, read_adapter):
+        with pytest.raises(ValueError, match="do not match its layer list"):
+            reader(tmp_path / "partial.safetensors")

@@ -238,12 +238,12 @@ def save_adapter(model: nn.Module, path: str | os.PathLike, name: str = "default
     return Path(path)
 
 
-def load_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> str:
-    """Load an adapter file written by `save_adapter` into `model` as adapter `name` (default: the
-    name it was saved under) and make it active; returns the name.
+def read_adapter_file(path: str | os.PathLike) -> tuple[str, dict[str, dict[str, Any]], dict[str, Tensor]]:
+    """The contents of an adapter file written by `save_adapter`: (adapter name, {layer: {"r", "alpha"}},
+    {"<layer>.lora_A": A of shape (r, in), "<layer>.lora_B": B of shape (out, r)}).
 
-    Layers the model does not wrap yet are wrapped (the base frozen); every layer of the file must
-    exist in the model as a linear layer with the file's shapes, else ValueError naming it.
+    FileNotFoundError if there is no file; ValueError if it is not this course's adapter format or
+    its tensors do not match its layer list.
     """
     from safetensors import safe_open
 
@@ -256,10 +256,21 @@ def load_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = N
             raise ValueError(f"{path} is not a LoRA adapter file of this course (format {metadata.get('format')!r})")
         config = json.loads(metadata["layers"])
         tensors = {key: file.get_tensor(key) for key in file.keys()}
-    name = metadata["adapter"] if name is None else name
     expected = {f"{layer}.lora_{m}" for layer in config for m in "AB"}
     if set(tensors) != expected:
         raise ValueError(f"{path}: tensors {sorted(set(tensors) ^ expected)[:3]} do not match its layer list")
+    return metadata["adapter"], config, tensors
+
+
+def load_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> str:
+    """Load an adapter file written by `save_adapter` into `model` as adapter `name` (default: the
+    name it was saved under) and make it active; returns the name.
+
+    Layers the model does not wrap yet are wrapped (the base frozen); every layer of the file must
+    exist in the model as a linear layer with the file's shapes, else ValueError naming it.
+    """
+    saved_name, config, tensors = read_adapter_file(path)
+    name = saved_name if name is None else name
     modules = dict(model.named_modules())
     for layer_name, spec in config.items():
         module = modules.get(layer_name)

@@ -22,16 +22,14 @@ the served model (in place; the base weights are untouched) and sets each forwar
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from reference.finetune.lora import ADAPTER_FORMAT, LoRALinear, lora_layers
+from reference.finetune.lora import LoRALinear, lora_layers, read_adapter_file
 from reference.validation import check_float
 
 AdapterWeights = dict[str, tuple[Tensor, Tensor, float]]  # layer name -> (A (r, d_in), B (d_out, r), alpha / r)
@@ -48,20 +46,7 @@ def read_adapter(source, *, alpha: float | None = None, adapter: str | None = No
         adapter: which adapter of a model to read.
     """
     if isinstance(source, (str, os.PathLike)):
-        from safetensors import safe_open
-
-        path = Path(source)
-        if not path.is_file():
-            raise FileNotFoundError(f"no adapter file at {path}")
-        with safe_open(str(path), framework="pt") as file:
-            metadata = file.metadata() or {}
-            if metadata.get("format") != ADAPTER_FORMAT:
-                raise ValueError(f"{path} is not a LoRA adapter file of this course (format {metadata.get('format')!r})")
-            config = json.loads(metadata["layers"])
-            tensors = {key: file.get_tensor(key) for key in file.keys()}
-        expected = {f"{layer}.lora_{m}" for layer in config for m in "AB"}
-        if set(tensors) != expected:
-            raise ValueError(f"{path}: tensors {sorted(set(tensors) ^ expected)[:3]} do not match its layer list")
+        _, config, tensors = read_adapter_file(source)
         return {layer: (tensors[f"{layer}.lora_A"], tensors[f"{layer}.lora_B"], spec["alpha"] / spec["r"])
                 for layer, spec in config.items()}  # fmt: skip
     if isinstance(source, nn.Module):
