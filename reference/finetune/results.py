@@ -17,8 +17,16 @@ types) and on the held-out task types, before ("base") and after SFT. The method
     p-tuning-v2   16 virtual tokens per layer, learned directly (Liu et al., 2022)
     lora-r<N>     LoRA (q, v) of rank N, for the rank sweep (e.g. --methods lora-r1,lora-r4,lora-r16,lora-r64)
 
-The defaults are sized to run in about 10-15 minutes on a busy 2-core CPU; they show the
-differences between methods, not the best each can reach.
+With --seeds 0,1,2 each trained method runs once per seed (the adapter's or prefix's initial values
+and the order of the training batches) on one data split (--data-seed, default the first seed);
+each row then keeps the per-seed values and reports the mean and standard error of every score.
+Chapter 11's SmolLM2 table (30 minutes on a shared 2-core CPU, one thread):
+
+    python -m reference.finetune.results --model smollm2-135m-instruct \
+        --methods base,full,lora,lora-all,qlora-nf4,qlora-q4_1,prefix,p-tuning-v2 --steps 12 \
+        --examples-per-batch 4 --context-length 128 --eval-examples 32 --seeds 0,1,2
+
+Runs this short show the differences between methods at one small budget, not the best each can reach.
 """
 
 from __future__ import annotations
