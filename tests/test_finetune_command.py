@@ -129,11 +129,12 @@ def test_q4_1_base_is_the_gguf_files_own_blocks():
 
 def test_results_command_end_to_end(tmp_path, capsys):
     out = tmp_path / "11_methods.json"
-    code = results.main(["--model", "llama-tiny", "--methods", "base,lora,qlora-nf4,p-tuning-v2", "--steps", "2",
+    code = results.main(["--model", "llama-tiny", "--methods", "base,lora,qlora-nf4,p-tuning-v2", "--steps", "2", "--seeds", "0,1",
                          "--per-task", "20", "--eval-examples", "3", "--examples-per-batch", "2", "--out", str(out), "--quiet"])
     assert code == 0
     payload = json.loads(out.read_text())
     assert payload["command"] == "python -m reference.finetune.results" and payload["seed"] == 0
+    assert payload["seeds"] == [0, 1] and payload["config"]["seeds"] == [0, 1]
     assert [r["method"] for r in payload["methods"]] == ["base", "lora", "qlora-nf4", "p-tuning-v2"]
     base, lora_row = payload["methods"][0], payload["methods"][1]
     assert base["trainable_parameters"] == 0 and lora_row["trainable_parameters"] == 4 * 8 * ((128 + 128) + (128 + 64))  # 4 layers, r = 8: q (128 -> 128) and v (128 -> 64)
@@ -141,5 +142,22 @@ def test_results_command_end_to_end(tmp_path, capsys):
     for row in payload["methods"]:
         assert 0 <= row["validation"]["token_accuracy"] <= 1 and row["held_out"]["loss"] > 0
     assert "machine" in payload and payload["config"]["steps"] == 2
-    with pytest.raises(SystemExit):
-        results.main(["--methods", "nonsense"])
+    assert base["seeds"] == [0] and base["validation_se"]["loss"] == 0.0  # nothing random: scored once
+    for row in payload["methods"][1:]:
+        assert row["seeds"] == [0, 1] and [r["seed"] for r in row["per_seed"]] == [0, 1]
+        for split in ("validation", "held_out"):
+            values = [r[split]["loss"] for r in row["per_seed"]]
+            assert row[split]["loss"] == pytest.approx(sum(values) / 2)
+            assert row[f"{split}_se"]["loss"] == pytest.approx(abs(values[0] - values[1]) / 2)  # std / sqrt(2) for two values
+    assert lora_row["per_seed"][0]["validation"]["loss"] != lora_row["per_seed"][1]["validation"]["loss"], "the seed changes the run"
+    for bad in (["--methods", "nonsense"], ["--seeds", "0,x"], ["--seeds", "1,1"]):
+        with pytest.raises(SystemExit):
+            results.main(bad)
+
+
+def test_mean_and_se():
+    assert results.mean_and_se([2.0]) == (2.0, 0.0)
+    mean, se = results.mean_and_se([1.0, 2.0, 6.0])
+    assert mean == pytest.approx(3.0) and se == pytest.approx((7.0 / 3) ** 0.5)  # sample variance 7, / 3 values
+    with pytest.raises(ValueError):
+        results.mean_and_se([])
