@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,8 +77,6 @@ def run_program(program: str, timeout: float = 3.0, memory_mb: int = 512) -> dic
         raise TypeError(f"program must be a str, got {type(program).__name__}")
     if not timeout > 0:
         raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
-    import time
-
     prelude = _PRELUDE.format(cpu=int(timeout) + 1, memory=memory_mb * 2**20)
     env = {"PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0"}  # no proxies, no tokens
     with tempfile.TemporaryDirectory(prefix="course-sandbox-") as folder:
