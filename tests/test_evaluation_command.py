@@ -48,6 +48,43 @@ def test_canary_command_writes_json(tmp_path):
     assert set(result["summary"]) == {"0", "1", "2", "4", "8", "16", "32"}
     for row in result["summary"].values():
         assert len(row["values"]) == 2 and all(0 <= v <= result["max_exposure"] for v in row["values"])
+    never = result["never_inserted"]
+    assert never["n"] == sum(run["never_inserted"]["n"] for run in result["runs"]) >= 2 * 94  # 100 less <= 6 inserted
+    assert never["expected"] == pytest.approx(math.log2(100) - math.log2(math.factorial(100)) / 100)
+
+
+def test_random_exposure_baseline():
+    """The expected exposure of a uniformly ranked secret is the mean over all ranks (not 1), -> log2 e."""
+    import torch
+
+    for size in (1, 10, 1000):
+        brute = sum(math.log2(size) - math.log2(rank) for rank in range(1, size + 1)) / size
+        assert security.expected_random_exposure(size) == pytest.approx(brute, rel=1e-9)
+    assert security.expected_random_exposure(10**6) == pytest.approx(1 / math.log(2), abs=1e-4)
+    losses = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0])
+    assert security.exposures_of([0, 1, 2, 3, 4], losses).tolist() == pytest.approx(
+        [security.exposure(float(v), losses.tolist()) for v in losses])
+    with pytest.raises(ValueError, match="size"):
+        security.expected_random_exposure(0)
+
+
+def test_fit_context_keeps_the_top_passage_within_the_budget():
+    from reference.pretrained import load_pretrained
+
+    _, tokenizer = load_pretrained("llama-tiny")
+    filler = " ".join(f"Sentence {i} talks about nothing in particular at all." for i in range(30))
+    top = filler + " The lost ring lies under the old oak bridge. " + filler
+    second, third = "Short second passage.", "Third passage " * 40
+    question = "Fill in the blank: The lost ring lies under the old oak ___."
+    context = qa.fit_context([top, second, third], question, tokenizer, budget=60)
+    assert len(tokenizer.encode(context)) <= 60
+    assert "The lost ring lies under the old oak bridge." in context  # the question's sentence survives
+    assert context.endswith("\n" + second) and "Third" not in context  # lower passages only while they fit
+    whole = qa.fit_context([second, third], question, tokenizer, budget=500)
+    assert whole == second + "\n" + third.strip() or whole.startswith(second + "\n")
+    assert qa.fit_context(["one two three four five six"], "q", tokenizer, budget=2).split() == ["one"]
+    with pytest.raises(ValueError, match="budget"):
+        qa.fit_context([top], question, tokenizer, budget=0)
 
 
 def test_secret_losses_rank_a_planted_secret_first():
@@ -196,3 +233,128 @@ def test_bad_input_gets_a_clear_error():
         harness.Task("t", "ranking", [])
     with pytest.raises(ValueError, match="window"):
         perplexity.sliding_window_nll(torch.nn.Linear(1, 1), [1, 2, 3], 1, 1)
+
+
+def test_llm_course_evaluate_fine_tuned_model_and_code_task(tmp_path):
+    """The shrunk command with the Chapter 11 fine-tuned model, an instruction task and pass@k."""
+    out = tmp_path / "13_harness.json"
+    argv = ["evaluate", "llama-tiny+lora-sft", "uniform-guess", "--tasks", "instruction_speaker", "course_code",
+            "--limit", "3", "--ppl-tokens", "40", "--code-samples", "2", "--code-problems", "2", "--sft-steps", "3",
+            "--device", "cpu", "--json", str(out)]  # fmt: skip
+    assert cli.main(argv) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["model"], r["task"]): r for r in result["results"]}
+    assert set(rows) == {("llama-tiny+lora-sft", "instruction_speaker"), ("llama-tiny+lora-sft", "course_code"),
+                         ("uniform-guess", "instruction_speaker")}  # fmt: skip
+    code = rows["llama-tiny+lora-sft", "course_code"]
+    assert code["n"] == 2 and code["samples"] == 2 and set(code["metrics"]) == {"pass@1", "pass@2"}
+    assert sum(code["outcomes"].values()) == 4
+    sft = result["sft"]["llama-tiny+lora-sft"]
+    assert sft["steps"] == 3 and sft["method"] == "lora" and sft["train_examples"] > 0
+    assert "pass@1" in result["table"] and result["config"]["code"]["samples"] == 2
+    assert cli.main(["evaluate", "llama-tiny", "--tasks", "no_such_task", "--json", str(out)]) == 2
+
+
+@pytest.mark.parametrize(("program", "outcome"), [
+    ("x = 1 + 1\nassert x == 2\n", "passed"),
+    ("assert 1 + 1 == 3, 'wrong sum'\n", "failed"),
+    ("raise KeyError('boom')\n", "error"),
+    ("def f(:\n", "error"),  # a syntax error
+    ("while True:\n    pass\n", "timeout"),
+    ("import socket\nsocket.create_connection(('example.com', 80))\n", "error"),  # no network
+])  # fmt: skip
+def test_sandbox_outcomes(program, outcome):
+    from reference.evaluation import execution
+
+    result = execution.run_program(program, timeout=1.0)
+    assert result["outcome"] == outcome, result["stderr"]
+    if outcome == "timeout":
+        assert result["seconds"] < 5.0  # killed, not waited for
+
+
+def test_sandbox_kills_the_process_group_and_runs_isolated(tmp_path):
+    """A child the candidate starts dies with it; the candidate runs in an empty folder with no PYTHONPATH."""
+    from reference.evaluation import execution
+
+    marker = tmp_path / "late.txt"
+    child = f"import time; time.sleep(2); open({str(marker)!r}, 'w').write('x')"
+    program = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {child!r}])\nwhile True:\n    pass\n"
+    assert execution.run_program(program, timeout=0.5)["outcome"] == "timeout"
+    probe = "import os, sys\nassert os.listdir('.') == ['candidate.py'], os.listdir('.')\nassert 'reference' not in sys.modules\n"
+    assert execution.run_program(probe + "import reference\n")["outcome"] == "error"  # no site-packages: neither the course nor torch
+    assert execution.run_program(probe)["outcome"] == "passed"
+    import time
+
+    time.sleep(2.5)
+    assert not marker.exists()
+
+
+def test_course_code_problems_and_pass_at_k_pipeline():
+    """Each reference solution passes its tests and an empty body fails them; with a scripted model
+    that writes c correct bodies of n, every problem's pass@k is the closed form."""
+    from reference.evaluation import execution
+
+    problems = execution.PROBLEMS
+    assert len({p.name for p in problems}) == len(problems) >= 10
+    for p in problems:
+        assert execution.check_completion(p, p.solution)["outcome"] == "passed", p.name
+        assert execution.check_completion(p, "    pass\n")["outcome"] == "failed", p.name
+    correct = [0, 1, 3, 4]
+
+    class Scripted:
+        def sample(self, prompts, n, max_new_tokens, **kwargs):
+            out = []
+            for prompt in prompts:
+                p = next(q for q in problems if q.prompt == prompt)
+                c = correct[problems.index(p)]
+                out.append([p.solution + "\ndef unused():\n    pass\n"] * c + ["    return None\n"] * (n - c))
+            return out
+
+    result = execution.evaluate_code(Scripted(), problems[:4], n=4, ks=(1, 2, 4), batch_problems=3)
+    for k in (1, 2, 4):
+        expected = [1 - math.comb(4 - c, k) / math.comb(4, k) for c in correct]
+        assert result["per_item"][f"pass@{k}"] == pytest.approx(expected)
+        assert result["metrics"][f"pass@{k}"]["value"] == pytest.approx(sum(expected) / 4)
+    assert result["outcomes"] == {"passed": 8, "failed": 8, "error": 0, "timeout": 0}
+    with pytest.raises(ValueError, match="temperature"):
+        execution.evaluate_code(Scripted(), problems[:1], temperature=0.0)
+    with pytest.raises(ValueError, match="ks"):
+        execution.evaluate_code(Scripted(), problems[:1], n=2, ks=(5,))
+
+
+def test_instruction_tasks_hold_out_the_sft_training_data():
+    """The instruction tasks use only test / held-out examples, and no line they quote is in the SFT training split."""
+    from reference.evaluation import instruction_tasks as it
+
+    data = it.instruction_data()
+    train_prompts = {e.prompt for e in data["train"]}
+    lines = it.training_lines(data)
+    for name, split in (("instruction_speaker", "test"), ("instruction_play", "held_out")):
+        task = harness.get_task(name, n=100)
+        assert len(task.docs) >= 60 and task.chat and task.kind == "multiple_choice"
+        allowed = {e.prompt: e.response for e in data[split]}
+        for doc in task.docs:
+            assert doc.query not in train_prompts and it.quoted_line(doc.query) not in lines
+            assert allowed[doc.query] == doc.choices[doc.gold] and len(set(doc.choices)) == 4
+    assert not {e.task for e in data["train"]} & {"play"}  # the play task type is held out of training
+
+
+def test_batched_choice_loglikelihoods_equal_one_at_a_time():
+    from reference.pretrained import load_pretrained
+
+    model, tokenizer = load_pretrained("llama-tiny")
+    lm = harness.HarnessLM(model, tokenizer)
+    context = lm.chat_prompt('In Hamlet, who says: "To be, or not to be"')
+    choices = ["Hamlet", "Ophelia", "First Gravedigger", "Polonius"]
+    assert lm.loglikelihoods(context, choices) == pytest.approx([lm.loglikelihood(context, c)[0] for c in choices], abs=1e-4)
+    assert context.startswith("<|im_start|>user\n") and context.endswith("<|im_start|>assistant\n")
+
+
+def test_extraction_rates_equal_one_decode_per_length():
+    from reference.pretrained import load_pretrained
+
+    model, tokenizer = load_pretrained("llama-tiny")
+    ids = tokenizer.encode("ROMEO.\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun. " * 3)
+    seqs = [ids[s : s + 20] for s in range(0, 40, 4)]
+    rates = security.extraction_rates(model, seqs, 12, (1, 3, 8))
+    assert rates == {n: pytest.approx(security.extraction_rate(model, seqs, 12, n)) for n in (1, 3, 8)}

@@ -125,14 +125,18 @@ def qa_items(passages: Sequence[str], n: int = 20, seed: int = 0) -> list[QAItem
 
 
 def open_domain_qa(
-    items: Sequence[QAItem], index: BM25, passages: Sequence[str], answer: Callable[[str, str], str], k: int = 1
+    items: Sequence[QAItem], index: BM25, passages: Sequence[str], answer: Callable[[str, str], str], k: int = 1,
+    join: Callable[[list[str], str], str] | None = None,
 ) -> dict[str, float]:
-    """Retrieve-then-read: for each question, the top-k BM25 passages joined as context, `answer(question,
-    context)` the model's reply; returns mean EM, mean F1 and retrieval recall@k (the answer's passage among the k)."""
+    """Retrieve-then-read: for each question, the top-k BM25 passages become the context (joined by
+    newlines, or by `join(ranked_passages, question)`, e.g. `fit_context` for a short-context
+    reader), `answer(question, context)` the model's reply; returns mean EM, mean F1 and retrieval
+    recall@k (the answer's passage among the k)."""
     em, f1, hit = [], [], []
     for item in items:
         top = index.top(item.question.replace("___", " "), k)
-        context = "\n".join(passages[i] for i in top)
+        ranked = [passages[i] for i in top]
+        context = "\n".join(ranked) if join is None else join(ranked, item.question)
         reply = answer(item.question, context)
         em.append(exact_match(reply, item.answers))
         f1.append(token_f1(reply, item.answers))

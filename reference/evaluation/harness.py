@@ -145,6 +145,25 @@ class HarnessLM:
         return ll, bool((logp.argmax(-1) == target).all())
 
     @torch.no_grad()
+    def loglikelihoods(self, context: str, continuations: Sequence[str]) -> list[float]:
+        """`loglikelihood(context, c)[0]` for every c, in one forward pass: the sequences are padded on
+        the right to one length (a causal model's scores of a position never see the padding)."""
+        ctx = self.tokenizer.encode(context)
+        conts = [self.tokenizer.encode(c) for c in continuations]
+        if not all(conts):
+            raise ValueError(f"a continuation of {list(continuations)!r} encodes to no tokens")
+        rows = [(ctx + cont)[-(self.max_length + 1) :] for cont in conts]
+        width = max(len(r) for r in rows) - 1
+        x = torch.tensor([r[:-1] + [0] * (width - len(r) + 1) for r in rows], device=self.device)  # (choices, width)
+        logp = self.model(x).float().log_softmax(-1)  # (choices, width, vocab)
+        out = []
+        for i, (row, cont) in enumerate(zip(rows, conts)):
+            end = len(row) - 1
+            target = torch.tensor(cont, device=self.device)
+            out.append(float(logp[i, end - len(cont) : end].gather(-1, target[:, None]).sum()))
+        return out
+
+    @torch.no_grad()
     def generate(self, prompt: str, max_new_tokens: int, stop: Sequence[str] = ("\n",)) -> str:
         """Greedy continuation of `prompt`, cut at the first stop string."""
         from reference.inference.generate import generate
@@ -156,6 +175,35 @@ class HarnessLM:
         for s in stop:
             text = text.split(s)[0]
         return text
+
+    def chat_prompt(self, user_text: str) -> str:
+        """One user turn and the opening of the assistant's reply, as text, by the tokenizer's chat
+        template (SmolLM2's ChatML with its default system turn), else plain ChatML (Chapter 11's
+        `render_chat`, the layout the course's SFT trains on)."""
+        from reference.inference.chat import chatml, render_chat
+
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.decode(render_chat(self.tokenizer, [{"role": "user", "content": user_text}]))
+        return chatml([{"role": "user", "content": user_text}])
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float = 0.8,
+               top_p: float | None = 0.95, stop: Sequence[str] = ("\n",), seed: int = 0) -> list[list[str]]:  # fmt: skip
+        """n sampled continuations of each prompt, all prompts and samples decoded as one batch
+        (left-padded, `reference.inference.generate`), each cut at its first stop string."""
+        from reference.inference.chat import stop_ids
+        from reference.inference.generate import generate
+
+        ids = [self.tokenizer.encode(p)[-(self.max_length - max_new_tokens) :] for p in prompts]
+        out = generate(self.model, ids, max_new_tokens, temperature=temperature, top_p=top_p, n=n,
+                       stop_strings=list(stop) or None, eos_token_id=stop_ids(self.tokenizer) or None,
+                       tokenizer=self.tokenizer, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+        texts = []
+        for text in out.texts:
+            for s in (*stop, "<|im_end|>", "<|endoftext|>"):  # an end-of-turn id is kept in the output
+                text = text.split(s)[0]
+            texts.append(text)
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
 class UniformGuess:
@@ -203,6 +251,7 @@ class Task:
     max_new_tokens: int = 8
     answer_space: tuple[str, ...] = ()
     target_delimiter: str = " "
+    chat: bool = False  # the query is an instruction: wrapped in the model's chat layout (`HarnessLM.chat_prompt`)
 
     def __post_init__(self) -> None:
         if self.kind not in ("multiple_choice", "generate"):
@@ -245,8 +294,14 @@ def evaluate_task(lm: Any, task: Task, limit: int | None = None, seed: int = 0) 
     for doc in docs:
         shots = rng.sample(task.fewshot_docs, task.num_fewshot) if task.num_fewshot else []
         context = few_shot_prompt(task.description, shots, doc.query, task.target_delimiter)
+        if task.chat and hasattr(lm, "chat_prompt"):
+            context = lm.chat_prompt(context)
         if task.kind == "multiple_choice":
-            lls = [lm.loglikelihood(context, task.target_delimiter + choice)[0] for choice in doc.choices]
+            continuations = [task.target_delimiter + choice for choice in doc.choices]
+            if hasattr(lm, "loglikelihoods"):  # all choices in one batch
+                lls = lm.loglikelihoods(context, continuations)
+            else:
+                lls = [lm.loglikelihood(context, c)[0] for c in continuations]
             scores = multiple_choice_scores(lls, doc.choices, doc.gold)
         else:
             if isinstance(lm, UniformGuess) and task.answer_space:  # chance over this task's answers

@@ -159,15 +159,68 @@ def qa_items(passages: Sequence[str], n: int = 20, seed: int = 0) -> list[QAItem
     return items
 
 
+def _sentences(text: str) -> list[str]:
+    return [x for x in re.split(r"(?<=[.!?:])\s+", " ".join(text.split())) if x]
+
+
+def fit_context(ranked: Sequence[str], question: str, tokenizer, budget: int) -> str:
+    """The retrieved passages (best first) cut to at most `budget` tokens, for a reader whose context
+    is short.
+
+    The top-ranked passage comes first and is never dropped for a lower one. If it is longer than
+    the budget, the sentence that shares the most BM25 tokens with the question is kept (ties: the
+    earlier one), and its neighbours are added, the one with more shared tokens first, while the text
+    still fits; a sentence longer than the budget alone is cut to its first `budget` tokens. The
+    lower-ranked passages then follow whole, in rank order, while they fit. Passages are joined by
+    newlines and cut only between sentences, never inside a word.
+    """
+    if not isinstance(budget, int) or budget < 1:
+        raise ValueError(f"budget must be a positive int of tokens, got {budget!r}")
+    if not ranked:
+        return ""
+    size = lambda text: len(tokenizer.encode(text))  # noqa: E731
+    q = set(bm25_tokens(question))
+    top = " ".join(ranked[0].split())
+    if size(top) > budget:
+        sents = _sentences(ranked[0])
+        overlap = [len(q & set(bm25_tokens(x))) for x in sents]
+        best = max(range(len(sents)), key=lambda i: (overlap[i], -i))
+        lo = hi = best
+        while True:
+            options = [j for j in (lo - 1, hi + 1) if 0 <= j < len(sents)]
+            grown = None
+            for j in sorted(options, key=lambda j: -overlap[j]):
+                a, b = min(lo, j), max(hi, j)
+                if size(" ".join(sents[a : b + 1])) <= budget:
+                    grown = (a, b)
+                    break
+            if grown is None:
+                break
+            lo, hi = grown
+        top = " ".join(sents[lo : hi + 1])
+        if size(top) > budget:
+            top = tokenizer.decode(tokenizer.encode(top)[:budget]).rsplit(" ", 1)[0]
+    parts = [top]
+    for passage in ranked[1:]:
+        if size("\n".join([*parts, passage])) > budget:
+            break
+        parts.append(passage)
+    return "\n".join(parts)
+
+
 def open_domain_qa(
-    items: Sequence[QAItem], index: BM25, passages: Sequence[str], answer: Callable[[str, str], str], k: int = 1
+    items: Sequence[QAItem], index: BM25, passages: Sequence[str], answer: Callable[[str, str], str], k: int = 1,
+    join: Callable[[list[str], str], str] | None = None,
 ) -> dict[str, float]:
-    """Retrieve-then-read: for each question, the top-k BM25 passages joined as context, `answer(question,
-    context)` the model's reply; returns mean EM, mean F1 and retrieval recall@k (the answer's passage among the k)."""
+    """Retrieve-then-read: for each question, the top-k BM25 passages become the context (joined by
+    newlines, or by `join(ranked_passages, question)`, e.g. `fit_context` for a short-context
+    reader), `answer(question, context)` the model's reply; returns mean EM, mean F1 and retrieval
+    recall@k (the answer's passage among the k)."""
     em, f1, hit = [], [], []
     for item in items:
         top = index.top(item.question.replace("___", " "), k)
-        context = "\n".join(passages[i] for i in top)
+        ranked = [passages[i] for i in top]
+        context = "\n".join(ranked) if join is None else join(ranked, item.question)
         reply = answer(item.question, context)
         em.append(exact_match(reply, item.answers))
         f1.append(token_f1(reply, item.answers))

@@ -8,7 +8,10 @@ neural language models" (a training prefix, greedy decoding, the exact suffix); 
 "DeepWordBug" and Morris et al., 2020, "TextAttack" (attack success rate).
 
     exposure(s) = log2 |R| - log2 rank(s),   rank(s) = 1 + #{r in R : loss(r) < loss(s)}
-    (R: every possible secret of the canary's format; an unmemorised canary has an expected exposure about 1)
+    (R: every possible secret of the canary's format). A secret the model never saw is ranked like a
+    random draw from R, rank uniform on 1..|R|, so its expected exposure is
+    log2 |R| - log2(|R|!) / |R|  ->  log2 e = 1.44 bits as |R| grows (Stirling), with median 1 bit
+    and P(exposure >= x) = 2^-x: the baseline the inserted canaries are read against.
 """
 
 from __future__ import annotations
@@ -75,6 +78,21 @@ def exposure(canary_loss: float, candidate_losses: Sequence[float]) -> float:
     return math.log2(len(candidate_losses)) - math.log2(rank)
 
 
+def expected_random_exposure(size: int) -> float:
+    """The mean exposure of a secret ranked uniformly at random among `size` candidates (no ties):
+    log2 size - log2(size!) / size, which tends to log2 e = 1.443 bits."""
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    return math.log2(size) - math.lgamma(size + 1) / math.log(2) / size
+
+
+def exposures_of(indices: Sequence[int], losses: torch.Tensor) -> torch.Tensor:
+    """`exposure` of the candidates at `indices` among all candidates' `losses` (|R|,), at once; shape (len(indices),)."""
+    chosen = losses[torch.as_tensor(list(indices), dtype=torch.long)]
+    ranks = 1 + (losses[None, :] < chosen[:, None]).sum(dim=1)
+    return math.log2(len(losses)) - torch.log2(ranks.double())
+
+
 CANARY_PREFIX = "the secret number is"
 
 
@@ -120,6 +138,23 @@ def extraction_rate(model: nn.Module, sequences: Sequence[Sequence[int]], prefix
         x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
     target = torch.tensor([s[prefix_len : prefix_len + suffix_len] for s in usable], device=device)
     return float((x[:, prefix_len:] == target).all(dim=1).float().mean())
+
+
+def extraction_rates(model: nn.Module, sequences: Sequence[Sequence[int]], prefix_len: int,
+                     suffix_lens: Sequence[int]) -> dict[int, float]:  # fmt: skip
+    """`extraction_rate` for several suffix lengths from one greedy decode of the longest: {length: rate}
+    (greedy decoding is deterministic, so the first n tokens of a longer decode are the n-token decode)."""
+    longest = max(suffix_lens)
+    usable = [list(s) for s in sequences if len(s) >= prefix_len + longest]
+    if not usable:
+        raise ValueError(f"no sequence has prefix_len + max(suffix_lens) = {prefix_len + longest} tokens")
+    device = next(model.parameters()).device
+    x = torch.tensor([s[:prefix_len] for s in usable], device=device)
+    for _ in range(longest):
+        x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    target = torch.tensor([s[prefix_len : prefix_len + longest] for s in usable], device=device)
+    same = (x[:, prefix_len:] == target).cumprod(dim=1)  # (sequences, longest): all equal so far
+    return {n: float(same[:, n - 1].float().mean()) for n in suffix_lens}
 
 
 # ----------------------------------------------------------------------------------------------
