@@ -257,7 +257,8 @@ CHAPTERS: tuple[Chapter, ...] = (
         title="Evaluation",
         survey_section="2.6 Evaluation",
         modules=("evaluation.bleu", "evaluation.rouge", "evaluation.bertscore", "evaluation.qa", "evaluation.perplexity",
-                 "evaluation.harness", "evaluation.human", "evaluation.security"),
+                 "evaluation.harness", "evaluation.instruction_tasks", "evaluation.execution", "evaluation.human",
+                 "evaluation.security"),
         exercises=(
             Exercise("13.1", "BLEU brevity penalty", "evaluation.bleu", "brevity_penalty", points=2, refused=("sacrebleu", "nltk")),
             Exercise("13.2", "clipped n-gram matches", "evaluation.bleu", "modified_precision_stats", points=3, refused=("sacrebleu", "nltk")),
