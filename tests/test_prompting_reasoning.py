@@ -61,6 +61,7 @@ def test_word_problems_bad_inputs():
     (" 12.\n\nThis is a 3", "direct", 12.0),  # held to the first number, not the last
     (" 1,250 coins", "few-shot direct", 1250.0),
     (" -3", "zero-shot CoT", -3.0),  # zero-shot CoT is read in its second pass, after the cue
+    (" 12. So 5 more", "zero-shot CoT", 12.0),  # ... as its first number
     ("5 + 3 = 8. Giving 2 away leaves 6. The answer is 6. Then 7", "few-shot CoT", 6.0),
     ("5 + 3 = 8 and 8 - 2 = 6", "few-shot CoT", 6.0),
     (" many", "direct", None),
@@ -92,6 +93,32 @@ def test_prompts_of_each_style(tiny):
     assert problem["question"] in few_cot and exemplar["question"] not in direct
     with pytest.raises(ValueError, match="exemplars"):
         reasoning.prompt_text(tok, problem, "few-shot CoT")
+
+
+def test_exemplar_is_never_a_test_problem():
+    first = reasoning.word_problems(64, 2, seed=1000)[0]  # what exemplar_for(seed=0) would draw first
+    assert reasoning.exemplar_for(2, [], seed=0) == first
+    other = reasoning.exemplar_for(2, [first], seed=0)
+    assert other["question"] != first["question"] and other["level"] == 2
+
+
+def test_zero_shot_cot_is_read_in_a_second_pass(tiny, monkeypatch):
+    """The reasoning is generated first; the answer is the first number after "Therefore, the answer is"."""
+    model, tok = tiny
+    problems = reasoning.word_problems(3, 1, seed=0)
+    calls = []
+
+    def fake(model, tokenizer, prompts, budget, batch_size=48, reasons=None):
+        calls.append((list(prompts), budget))
+        if reasons is not None:
+            reasons.extend(["length"] * len(prompts))
+        return ["so 99 and 98"] * len(prompts) if len(calls) == 1 else [f" {p['answer']}. Then 7" for p in problems]
+
+    monkeypatch.setattr(reasoning, "answer_all", fake)
+    row, outputs = reasoning.measure_style(model, tok, problems, "zero-shot CoT", max_new_tokens=50, direct_tokens=4)
+    assert row["accuracy"] == 1.0 and len(calls) == 2 and [c[1] for c in calls] == [50, 4]
+    assert all(p2 == p1 + "so 99 and 98" + reasoning.SECOND_PASS for p1, p2 in zip(calls[0][0], calls[1][0]))
+    assert reasoning.SECOND_PASS in outputs[0]["output"]
 
 
 def test_chat_prompts():

@@ -117,6 +117,25 @@ def test_autoprompt_strategy_is_a_hard_prompt(tiny):
     assert not special & set(ids)
 
 
+def test_autoprompt_strategy_never_keeps_a_worse_trigger(tiny):
+    """With one training example every batch is the same, so the loss after each step cannot rise."""
+    model, tok = tiny
+    task = strategies.tone_task(0)
+    r = strategies.train_strategy("autoprompt", model, tok, task["train"][:1], task["test"][:2], steps=5, batch_size=4,
+                                  candidates=6)
+    assert r["swaps"] >= 1 and r["last_loss"] <= r["first_loss"] + 1e-6
+
+
+def test_autoprompt_strategy_excludes_special_tokens(tiny, monkeypatch):
+    model, tok = tiny
+    seen = []
+    real = core.autoprompt_candidates
+    monkeypatch.setattr(core, "autoprompt_candidates", lambda g, e, k, exclude=(): seen.append(list(exclude)) or real(g, e, k, exclude))
+    task = strategies.tone_task(0)
+    strategies.train_strategy("autoprompt", model, tok, task["train"][:8], task["test"][:2], steps=2, batch_size=4)
+    assert len(seen) == 2 and all(set(x) == {tok.token_to_id(s) for s in tok.special_tokens} for x in seen)
+
+
 def test_train_strategy_bad_inputs(tiny):
     model, tok = tiny
     task = strategies.tone_task(0)
