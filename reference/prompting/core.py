@@ -411,27 +411,3 @@ def autoprompt_search(model: nn.Module, loss_fn: Callable[[nn.Module], Tensor], 
     finally:
         for p, r in zip(model.parameters(), was):
             p.requires_grad_(r)
-
-
-# ----------------------------------------------------------------------------------------------
-# The arithmetic task for chain of thought
-# ----------------------------------------------------------------------------------------------
-
-_NAMES = ("Ana", "Ben", "Cleo", "Dev", "Eli", "Fay")
-_THINGS = ("apples", "books", "coins", "pens", "shells")
-
-
-def arithmetic_problems(n: int, seed: int = 0) -> list[tuple[str, int]]:
-    """n two-step word problems with their answers: start with a, gain b, lose c (a + b - c >= 0)."""
-    import random
-
-    rng = random.Random(seed)
-    out = []
-    for _ in range(check_int("n", n, 1)):
-        who, what = rng.choice(_NAMES), rng.choice(_THINGS)
-        a, b = rng.randint(2, 20), rng.randint(2, 20)
-        c = rng.randint(1, a + b - 1)
-        q = f"{who} has {a} {what}. {who} gets {b} more {what} and then gives {c} {what} away. How many {what} does {who} have now?"
-        out.append((q, a + b - c))
-    return out
-

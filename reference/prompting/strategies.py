@@ -12,12 +12,16 @@ Strategies (Liu et al., 2023, "Pre-train, Prompt, and Predict", section 7; the s
 - "soft-prompt" (Lester et al., 2021), "prefix" (Li & Liang, 2021, reparameterised), "p-tuning"
   (Liu et al., 2021, MLP encoder): fixed-LM prompt tuning;
 - "pet": fixed-prompt LM tuning (Schick & Schütze, 2021): the template and verbalizer fixed, the LM trained;
-- "prompt+lm": a soft prompt and the LM trained together.
+- "prompt+lm": a soft prompt and the LM trained together;
+- "autoprompt" (Shin et al., 2020): an automatically found *discrete* prompt, 8 trigger tokens before
+  the template chosen by gradient-guided search, the LM fixed (no continuous parameter is trained;
+  each step draws a batch and may swap one trigger, see `_autoprompt_steps`).
 Every trained strategy minimises the cross-entropy of the verbalizer's class log-probabilities at the
 answer slot (PET's loss), except the head, which has its own classifier.
 
-`python -m reference.prompting.strategies --out chapters/results/03_strategies.json` runs the
-comparison on SmolLM2-135M-Instruct (`--model llama-tiny --quick` is the shrunk version the test runs).
+`python -m reference.prompting.strategies --out chapters/results/03_smollm2.json` runs the
+comparison on SmolLM2-135M-Instruct (`--model llama-tiny --quick` is the shrunk version the test
+runs). Chain of thought against direct answering has its own command, `reference.prompting.reasoning`.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ import torch
 from torch import Tensor, nn
 
 from reference.prompting.core import (
-    Template, Verbalizer, accuracy, arithmetic_problems, calibrate, class_log_probs, classify, content_free_probs,
+    Template, Verbalizer, accuracy, calibrate, class_log_probs, classify, content_free_probs,
     extract_answer, few_shot_prefix,
 )
+from reference.validation import check_int
 from reference.prompting.modules import PrefixTuning, PromptedLM, PromptEncoder, SoftPrompt, count_parameters
 
 # ----------------------------------------------------------------------------------------------
@@ -119,30 +124,16 @@ def few_shot_runs(model, tokenizer, task, ks=(0, 1, 2, 4, 8), orders: int = 3, t
     return rows
 
 
-@torch.no_grad()
-def chain_of_thought(model, tokenizer, n: int = 20, max_new_tokens: int = 80, seed: int = 0) -> dict[str, Any]:
-    """Direct answering against "Let's think step by step" on `arithmetic_problems`, greedy, chat template."""
-    from reference.inference.generate import generate
+def chain_of_thought(model, tokenizer, n: int = 20, max_new_tokens: int = 128, seed: int = 0) -> dict[str, Any]:
+    """Direct answering against zero-shot chain of thought on n two-step word problems, in batches
+    (`reference.prompting.reasoning`, whose command runs the full comparison over difficulty levels)."""
+    from reference.prompting.reasoning import measure_style, word_problems
 
-    problems = arithmetic_problems(n, seed)
-    out: dict[str, Any] = {"n": n, "max_new_tokens": max_new_tokens}
-    styles = {"direct": ("Answer with a number only.", 8), "cot": ("Let's think step by step, then give the answer as 'The answer is N'.", max_new_tokens)}
-    device = next(model.parameters()).device
-    for style, (cue, budget) in styles.items():
-        correct, samples = 0, []
-        for q, a in problems:
-            prompt = tokenizer.apply_chat_template([{"role": "user", "content": f"{q} {cue}"}], add_generation_prompt=True)
-            ids = torch.tensor([tokenizer.encode(prompt)], device=device)
-            seq = generate(model, ids, budget, temperature=0.0).sequences[0, ids.shape[1]:].tolist()
-            eos = getattr(tokenizer, "eos_token", None)
-            text = tokenizer.decode(seq)
-            if eos and eos in text:
-                text = text.split(eos)[0]
-            got = extract_answer(text)
-            correct += got is not None and abs(got - a) < 1e-9
-            if len(samples) < 3:
-                samples.append({"question": q, "answer": a, "output": text, "extracted": got})
-        out[style] = {"accuracy": correct / n, "samples": samples}
+    problems = word_problems(check_int("n", n, 1), 2, seed)
+    out: dict[str, Any] = {"n": n, "max_new_tokens": max_new_tokens, "level": 2}
+    for style, key in (("direct", "direct"), ("zero-shot CoT", "cot")):
+        row, outputs = measure_style(model, tokenizer, problems, style, max_new_tokens=max_new_tokens)
+        out[key] = {"accuracy": row["accuracy"], "se": row["se"], "samples": outputs[:3]}
     return out
 
 
@@ -150,7 +141,8 @@ def chain_of_thought(model, tokenizer, n: int = 20, max_new_tokens: int = 80, se
 # Trained strategies
 # ----------------------------------------------------------------------------------------------
 
-TRAINED = ("soft-prompt", "prefix", "p-tuning", "pet", "prompt+lm", "head")
+TRAINED = ("soft-prompt", "prefix", "p-tuning", "pet", "prompt+lm", "head", "autoprompt")
+AUTOPROMPT_CANDIDATES = 4  # candidates per AutoPrompt step, each scored by the real loss on the step's batch
 
 
 class _Head(nn.Module):
@@ -189,6 +181,10 @@ def _build(strategy: str, model: nn.Module, tokenizer, n_tokens: int) -> tuple[n
         net = PromptedLM(model, prompt=SoftPrompt.from_text(model, init), freeze_model=False)
     elif strategy == "head":
         net = _Head(model)
+    elif strategy == "autoprompt":  # discrete triggers; the soft prompt only carries their embeddings
+        net = PromptedLM(model, prompt=SoftPrompt.from_text(model, init))
+        net.prompt.weight.requires_grad_(False)
+        return net.to(next(model.parameters()).device), []
     else:
         raise ValueError(f"strategy must be one of {TRAINED}, got {strategy!r}")
     net = net.to(next(model.parameters()).device)
@@ -204,12 +200,20 @@ def _encode_batch(tokenizer, template: Template, texts: Sequence[str], device) -
 
 def train_strategy(strategy: str, model: nn.Module, tokenizer, train: Sequence[tuple[str, int]], test, *, steps: int,
                    lr: float | None = None, batch_size: int = 8, n_tokens: int = 8, seed: int = 0,
-                   template: Template = TRAIN_TEMPLATE, verbalizer: Verbalizer = MAIN_VERBALIZER) -> dict[str, Any]:
+                   template: Template = TRAIN_TEMPLATE, verbalizer: Verbalizer = MAIN_VERBALIZER,
+                   candidates: int = AUTOPROMPT_CANDIDATES) -> dict[str, Any]:
     """Train one strategy on `train` for `steps` AdamW steps and report its test accuracy.
 
     Label words are scored by their first token at the answer slot (the verbalizer's words are
     single tokens for both tokenizers the command uses). Learning rates: 3e-2 for prompt parameters
     (Lester et al. use 0.3 with Adafactor), 2e-5 for the LM, 1e-3 for the head."""
+    if strategy not in TRAINED:
+        raise ValueError(f"strategy must be one of {TRAINED}, got {strategy!r}")
+    check_int("steps", steps, 0)
+    check_int("batch_size", batch_size, 1)
+    check_int("candidates", candidates, 1)
+    if not train or not test:
+        raise ValueError(f"train and test must be non-empty, got {len(train)} and {len(test)} examples")
     torch.manual_seed(seed)
     device = next(model.parameters()).device
     net, params = _build(strategy, model, tokenizer, n_tokens)
@@ -217,7 +221,7 @@ def train_strategy(strategy: str, model: nn.Module, tokenizer, train: Sequence[t
     lm_params = {id(p) for p in net.model.parameters()} if hasattr(net, "model") else set()
     groups = [{"params": [p for p in params if id(p) in lm_params], "lr": lr or 2e-5},
               {"params": [p for p in params if id(p) not in lm_params], "lr": lr or (1e-3 if strategy == "head" else 3e-2)}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0) if params else None
     rng = random.Random(seed)
     start = time.perf_counter()
     losses = []
@@ -229,21 +233,80 @@ def train_strategy(strategy: str, model: nn.Module, tokenizer, train: Sequence[t
         logits = net(ids)[torch.arange(ids.shape[0]), last]  # (batch, vocab) at the answer slot
         return logits.float().log_softmax(-1)[:, word_ids].log_softmax(-1)
 
-    net.train()
-    for _ in range(steps):
-        batch = [train[rng.randrange(len(train))] for _ in range(batch_size)]
-        loss = nn.functional.nll_loss(class_logits([x for x, _ in batch]), torch.tensor([y for _, y in batch], device=device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+    def batch_loss(batch) -> Tensor:
+        return nn.functional.nll_loss(class_logits([x for x, _ in batch]), torch.tensor([y for _, y in batch], device=device))
+
+    extra: dict[str, Any] = {}
+    if strategy == "autoprompt":
+        extra = _autoprompt_steps(net, tokenizer, train, steps, batch_size, rng, batch_loss, losses, candidates)
+    else:
+        net.train()
+        for _ in range(steps):
+            loss = batch_loss([train[rng.randrange(len(train))] for _ in range(batch_size)])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
     net.eval()
     with torch.no_grad():
         lp = torch.cat([class_logits([x for x, _ in test[i : i + 16]]) for i in range(0, len(test), 16)]).cpu()
     return {"strategy": strategy, "n_train": len(train), "seed": seed, "steps": steps, "accuracy": accuracy(lp, [y for _, y in test]),
             "trainable_parameters": sum(p.numel() for p in params), "first_loss": losses[0] if losses else None,
             "last_loss": sum(losses[-5:]) / max(1, len(losses[-5:])), "seconds": round(time.perf_counter() - start, 1),
-            "net": net}
+            "net": net, **extra}
+
+
+def _autoprompt_steps(net: PromptedLM, tokenizer, train, steps: int, batch_size: int, rng: random.Random, batch_loss,
+                      losses: list[float], k: int = AUTOPROMPT_CANDIDATES) -> dict[str, Any]:
+    """AutoPrompt (Shin et al., 2020) as a training loop: each step draws a batch, takes the gradient of
+    its loss with respect to the trigger embeddings, proposes `k` replacement tokens for one random
+    slot (`autoprompt_candidates`) and keeps the one with the lowest loss on that batch if it beats
+    the current trigger there. The triggers stay real tokens, so the result is a hard prompt."""
+    from reference.prompting.core import autoprompt_candidates
+
+    model, weight = net.model, net.prompt.weight
+    table = model.token_embeddings.weight.detach()
+    specials = [i for i in (_token_id(tokenizer, t) for t in getattr(tokenizer, "special_tokens", ()) or ()) if i is not None]
+    triggers = tokenizer.encode(" Decide whether the following message is rude or polite.")[: weight.shape[0]]
+    was = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    swaps = 0
+    try:
+        for _ in range(steps):
+            batch = [train[rng.randrange(len(train))] for _ in range(batch_size)]
+            weight.data.copy_(table[triggers])
+            weight.requires_grad_(True)
+            weight.grad = None
+            loss = batch_loss(batch)
+            loss.backward()
+            weight.requires_grad_(False)
+            slot = rng.randrange(len(triggers))
+            best, best_ids = loss.item(), triggers
+            for c in autoprompt_candidates(weight.grad[slot : slot + 1], table, k, specials)[0].tolist():
+                trial = triggers[:slot] + [c] + triggers[slot + 1 :]
+                weight.data.copy_(table[trial])
+                with torch.no_grad():
+                    trial_loss = batch_loss(batch).item()
+                if trial_loss < best:
+                    best, best_ids = trial_loss, trial
+            swaps += best_ids is not triggers
+            triggers = best_ids
+            losses.append(best)
+        weight.data.copy_(table[triggers])
+        weight.grad = None
+    finally:
+        for p, r in zip(model.parameters(), was):
+            p.requires_grad_(r)
+    return {"triggers": [tokenizer.decode([i]) for i in triggers], "trigger_ids": triggers, "swaps": swaps,
+            "candidates": k}
+
+
+def _token_id(tokenizer, token: str) -> int | None:
+    try:
+        return tokenizer.token_to_id(token)
+    except (KeyError, ValueError):
+        return None
 
 
 def nearest_tokens(soft: Tensor, embeddings: Tensor, tokenizer, k: int = 3) -> list[list[str]]:
@@ -261,9 +324,9 @@ def nearest_tokens(soft: Tensor, embeddings: Tensor, tokenizer, k: int = 3) -> l
 
 def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 32), seeds: Sequence[int] = (0,),
         steps: int = 10, batch_size: int = 4, strategies: Sequence[str] = TRAINED, quick: bool = False, seed: int = 0,
-        ks: Sequence[int] = (0, 1, 3), orders: int = 2, cot_problems: int = 12, test_size: int | None = None,
+        ks: Sequence[int] = (0, 1, 3), orders: int = 2, cot_problems: int = 0, test_size: int | None = None,
         num_verbalizers: int = len(VERBALIZERS), out: str | None = None, command: str | None = None,
-        tuning_free: bool = True) -> dict[str, Any]:
+        tuning_free: bool = True, candidates: int = AUTOPROMPT_CANDIDATES) -> dict[str, Any]:
     """Every strategy on the tone task with one model; returns the results dictionary."""
     from reference.pretrained import load_pretrained
     from reference.runtime import machine_info, pick_device
@@ -286,7 +349,7 @@ def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 
               "ks": list(ks), "orders": orders, "cot_problems": cot_problems,
               "prompt_tokens": 8, "strategies": list(strategies), "train_template": TRAIN_TEMPLATE.text,
               "verbalizer": [list(w) for w in MAIN_VERBALIZER.words], "test_size": len(task["test"]), "pool": len(task["train"]),
-              "verbalizers": num_verbalizers}
+              "verbalizers": num_verbalizers, "autoprompt_candidates": candidates}
     result: dict[str, Any] = {"command": command or "python -m reference.prompting.strategies", "seed": seed,
                               "config": config, "machine": machine_info(device)}
     t0 = time.perf_counter()
@@ -299,24 +362,25 @@ def run(model_name: str = "smollm2-135m-instruct", regimes: Sequence[int] = (8, 
                                                                   orders=2 if quick else orders)
     print(f"tuning-free prompting: {time.perf_counter() - t0:.0f} s", flush=True)
     save()
-    if chat and cot_problems:
-        result["chain_of_thought"] = chain_of_thought(model, tokenizer, n=3 if quick else cot_problems, max_new_tokens=24 if quick else 64)
+    if cot_problems:
+        result["chain_of_thought"] = chain_of_thought(model, tokenizer, n=cot_problems, max_new_tokens=24 if quick else 128)
     result["tuning_free_seconds"] = round(time.perf_counter() - t0, 1)
     result["trained"] = []
     result["parameters"] = {"model": count_parameters(model)}
     save()
     runs = []
-    for n in regimes:
-        for s in seeds:
+    for s in seeds:  # seeds outermost: a run cut short still has every regime for the first seeds
+        for n in regimes:
             train = few_shot_sample(task["train"], n, seed=s)
             for strategy in strategies:
-                r = train_strategy(strategy, model, tokenizer, train, task["test"], steps=steps, seed=s, batch_size=batch_size)
+                r = train_strategy(strategy, model, tokenizer, train, task["test"], steps=steps, seed=s, batch_size=batch_size,
+                                   candidates=candidates)
                 net = r.pop("net")
                 if strategy == "soft-prompt" and n == max(regimes) and s == seeds[0]:
                     result["soft_prompt_neighbours"] = {
                         "init": [tokenizer.decode([i]) for i in tokenizer.encode(" Decide whether the following message is rude or polite.")[:8]],
                         "learned": nearest_tokens(net.prompt.weight.detach(), model.token_embeddings.weight.detach(), tokenizer),
-                        "moved": float((net.prompt.weight.detach() - SoftPrompt.from_text(model, tokenizer.encode(" Decide whether the following message is rude or polite.")[:8]).weight).norm(dim=-1).mean()),
+                        "moved": float((net.prompt.weight.detach() - SoftPrompt.from_text(model, tokenizer.encode(" Decide whether the following message is rude or polite.")[:8]).weight.detach()).norm(dim=-1).mean()),
                     }
                 runs.append(r)
                 result["trained"] = runs
@@ -341,11 +405,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--ks", type=int, nargs="+", default=[0, 1, 3])
     parser.add_argument("--orders", type=int, default=2)
-    parser.add_argument("--cot-problems", type=int, default=12)
+    parser.add_argument("--cot-problems", type=int, default=0,
+                        help="a quick direct-vs-CoT check on N two-step problems (the full comparison: python -m reference.prompting.reasoning)")
     parser.add_argument("--strategies", nargs="*", default=list(TRAINED), choices=TRAINED)
     parser.add_argument("--test-size", type=int, default=None, help="score only the first N test examples")
     parser.add_argument("--verbalizers", type=int, default=len(VERBALIZERS), help="use the first N verbalizers")
     parser.add_argument("--trained-only", action="store_true", help="skip zero-shot, few-shot and chain of thought")
+    parser.add_argument("--candidates", type=int, default=AUTOPROMPT_CANDIDATES, help="AutoPrompt candidates per step")
     parser.add_argument("--quick", action="store_true", help="a shrunk run (12 test examples, fewer grids)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
@@ -354,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         ks=args.ks, orders=args.orders, cot_problems=args.cot_problems, test_size=args.test_size,
         num_verbalizers=args.verbalizers, out=args.out,
         command="python -m reference.prompting.strategies " + " ".join(sys.argv[1:] if argv is None else argv),
-        tuning_free=not args.trained_only)
+        tuning_free=not args.trained_only, candidates=args.candidates)
     if args.out:
         print("wrote", args.out)
     return 0
