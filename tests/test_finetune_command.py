@@ -133,7 +133,9 @@ def test_results_command_end_to_end(tmp_path, capsys):
                          "--per-task", "20", "--eval-examples", "3", "--examples-per-batch", "2", "--out", str(out), "--quiet"])
     assert code == 0
     payload = json.loads(out.read_text())
-    assert payload["command"] == "python -m reference.finetune.results" and payload["seed"] == 0
+    assert payload["command"] == ("python -m reference.finetune.results --model llama-tiny --methods base,lora,qlora-nf4,p-tuning-v2 "
+                                  f"--steps 2 --seeds 0,1 --per-task 20 --eval-examples 3 --examples-per-batch 2 --out {out} --quiet")
+    assert payload["seed"] == 0
     assert payload["seeds"] == [0, 1] and payload["config"]["seeds"] == [0, 1]
     assert [r["method"] for r in payload["methods"]] == ["base", "lora", "qlora-nf4", "p-tuning-v2"]
     base, lora_row = payload["methods"][0], payload["methods"][1]

@@ -36,6 +36,7 @@ import copy
 import math
 import os
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -93,7 +94,7 @@ def measure(model_name: str = "smollm2-135m-instruct", methods: tuple[str, ...] 
             examples_per_batch: int = 8, per_task: int = 120, eval_examples: int = 40, context_length: int = 160,
             rank: int = 8, seed: int = 0, device: str | None = None, progress: bool = True,
             partial: Path | None = None, seeds: tuple[int, ...] | list[int] | None = None,
-            data_seed: int | None = None) -> dict[str, Any]:
+            data_seed: int | None = None, command: str = "python -m reference.finetune.results") -> dict[str, Any]:
     """Train and score each method; returns the JSON payload (see the module docstring). With
     `partial`, the payload so far is written there after every method (a long run keeps its rows).
 
@@ -126,7 +127,7 @@ def measure(model_name: str = "smollm2-135m-instruct", methods: tuple[str, ...] 
     def payload() -> dict[str, Any]:
         rows = [_aggregate(method, fixed[method], runs[method]) for method in methods if runs[method]]
         return {
-            "command": "python -m reference.finetune.results",
+            "command": command,
             "seed": seeds[0],
             "seeds": seeds,
             "data_seed": data_seed,
@@ -264,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", torch.get_num_threads())))
     payload = measure(args.model, methods, steps=args.steps, examples_per_batch=args.examples_per_batch, per_task=args.per_task,
                       eval_examples=args.eval_examples, context_length=args.context_length, rank=args.rank, seed=args.seed,
-                      seeds=seeds, data_seed=args.data_seed, device=args.device, progress=not args.quiet, partial=Path(args.out or RESULTS / f"11_methods_{args.model}.json"))
+                      seeds=seeds, data_seed=args.data_seed, device=args.device, progress=not args.quiet,
+                      command=" ".join(["python -m reference.finetune.results", *(sys.argv[1:] if argv is None else argv)]), partial=Path(args.out or RESULTS / f"11_methods_{args.model}.json"))
     out = args.out or RESULTS / f"11_methods_{args.model}.json"
     print(f"wrote {write_json(out, payload)}")
     return 0
