@@ -13,6 +13,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from reference.course import cli
 from reference.evaluation import bleu, harness, human, qa, run, security
@@ -195,6 +196,9 @@ def test_extraction_rate_of_a_repeating_model():
     periodic = [[1, 2, 1, 2, 1, 2, 1, 2], [3, 4, 3, 4, 3, 4, 3, 4]]
     assert security.extraction_rate(Repeat(), periodic, 4, 4) == 1.0
     assert security.extraction_rate(Repeat(), [[1, 2, 1, 2, 5, 5, 5, 5]], 4, 4) == 0.0
+    # every suffix token must match up to length n, not only the n-th: [5, 2, 1, 2] misses the first
+    assert security.extraction_rates(Repeat(), [[1, 2, 1, 2, 5, 2, 1, 2]], 4, (1, 2, 4)) == {1: 0.0, 2: 0.0, 4: 0.0}
+    assert security.extraction_rates(Repeat(), [[1, 2, 1, 2, 1, 2, 5, 2]], 4, (1, 2, 4)) == {1: 1.0, 2: 1.0, 4: 0.0}
 
 
 def test_few_shot_prompt_layout_and_answer_extraction():
@@ -357,4 +361,21 @@ def test_extraction_rates_equal_one_decode_per_length():
     ids = tokenizer.encode("ROMEO.\nBut soft, what light through yonder window breaks? It is the east, and Juliet is the sun. " * 3)
     seqs = [ids[s : s + 20] for s in range(0, 40, 4)]
     rates = security.extraction_rates(model, seqs, 12, (1, 3, 8))
-    assert rates == {n: pytest.approx(security.extraction_rate(model, seqs, 12, n)) for n in (1, 3, 8)}
+
+    def by_hand(n):  # one sequence at a time, n greedy tokens, all of them equal to the text's
+        hits = 0
+        with torch.no_grad():
+            for s in seqs:
+                x = list(s[:12])
+                for _ in range(n):
+                    x.append(int(model(torch.tensor([x]))[0, -1].argmax()))
+                hits += x[12:] == list(s[12 : 12 + n])
+        return hits / len(seqs)
+
+    assert rates == {n: pytest.approx(by_hand(n)) for n in (1, 3, 8)}
+    assert security.extraction_rate(model, seqs, 12, 3) == rates[3]
+    for bad in ((), (0, 2), (1.5,)):
+        with pytest.raises(ValueError, match="suffix lengths must be positive integers"):
+            security.extraction_rates(model, seqs, 12, bad)
+    with pytest.raises(ValueError, match="no sequence has"):
+        security.extraction_rates(model, seqs, 12, (9,))

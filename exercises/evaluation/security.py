@@ -98,20 +98,32 @@ def secret_losses(model: nn.Module, tokenizer, n_digits: int, batch_size: int = 
     return losses
 
 
-@torch.no_grad()
 def extraction_rate(model: nn.Module, sequences: Sequence[Sequence[int]], prefix_len: int, suffix_len: int) -> float:
     """Share of token sequences whose `suffix_len` tokens after the first `prefix_len` come out of
     greedy decoding exactly (verbatim memorisation, Carlini et al., 2023). Decodes without a cache,
     so any model that maps (batch, seq) ids to logits will do; the sequences are decoded together."""
-    usable = [list(s) for s in sequences if len(s) >= prefix_len + suffix_len]
+    return extraction_rates(model, sequences, prefix_len, (suffix_len,))[suffix_len]
+
+
+@torch.no_grad()
+def extraction_rates(model: nn.Module, sequences: Sequence[Sequence[int]], prefix_len: int,
+                     suffix_lens: Sequence[int]) -> dict[int, float]:  # fmt: skip
+    """`extraction_rate` for several suffix lengths from one greedy decode of the longest: {length: rate}
+    (greedy decoding is deterministic, so the first n tokens of a longer decode are the n-token decode);
+    only sequences long enough for the longest suffix count."""
+    if not suffix_lens or any(not isinstance(n, int) or n < 1 for n in suffix_lens):
+        raise ValueError(f"suffix lengths must be positive integers, got {suffix_lens!r}")
+    longest = max(suffix_lens)
+    usable = [list(s) for s in sequences if len(s) >= prefix_len + longest]
     if not usable:
-        raise ValueError(f"no sequence has prefix_len + suffix_len = {prefix_len + suffix_len} tokens")
+        raise ValueError(f"no sequence has prefix_len + suffix length = {prefix_len + longest} tokens")
     device = next(model.parameters()).device
     x = torch.tensor([s[:prefix_len] for s in usable], device=device)
-    for _ in range(suffix_len):
+    for _ in range(longest):
         x = torch.cat([x, model(x)[:, -1].argmax(-1, keepdim=True)], dim=1)
-    target = torch.tensor([s[prefix_len : prefix_len + suffix_len] for s in usable], device=device)
-    return float((x[:, prefix_len:] == target).all(dim=1).float().mean())
+    target = torch.tensor([s[prefix_len : prefix_len + longest] for s in usable], device=device)
+    same = (x[:, prefix_len:] == target).cumprod(dim=1)  # (sequences, longest): all equal so far
+    return {n: float(same[:, n - 1].float().mean()) for n in suffix_lens}
 
 
 # ----------------------------------------------------------------------------------------------
